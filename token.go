@@ -1,0 +1,209 @@
+package securereg
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// TokenSource supplies the Consul ACL token sent with every request.
+//
+// Token returns the current token, already trimmed. It must be safe for
+// concurrent use by multiple goroutines, and its errors must never contain
+// the token.
+type TokenSource interface {
+	Token() (string, error)
+}
+
+// StaticTokenSource returns a [TokenSource] that always returns token,
+// trimmed of surrounding whitespace. A blank token yields [ErrNoToken].
+func StaticTokenSource(token string) TokenSource {
+	return &staticToken{tok: newSecret(token)}
+}
+
+// FileTokenSource returns a [TokenSource] that reads the token from path. The
+// file is read on first use and again when its size, modification time or
+// identity change (checked at most once a second), so a token rotated by
+// Vault Agent (temp file and rename) or by a Kubernetes secret volume is
+// picked up without a restart. If a re-read fails or finds a blank file, the
+// last good token keeps being served; without one, Token returns the error.
+// A file readable by others or writable by the group yields [ErrFileMode];
+// a blank file yields [ErrNoToken].
+func FileTokenSource(path string) TokenSource {
+	return &fileToken{path: path, now: time.Now, interval: time.Second}
+}
+
+var (
+	_ TokenSource = (*staticToken)(nil)
+	_ TokenSource = (*fileToken)(nil)
+)
+
+const redacted = "[redacted]"
+
+// secret holds a token and formats as [redacted] under every fmt verb, in
+// JSON and in slog. Keep it behind a pointer inside other structs: fmt prints
+// unexported struct fields without calling their methods, but prints nested
+// pointers as addresses.
+type secret struct{ v string }
+
+func newSecret(s string) *secret { return &secret{v: string(bytes.TrimSpace([]byte(s)))} }
+
+func (secret) String() string               { return redacted }
+func (secret) GoString() string             { return redacted }
+func (secret) Format(f fmt.State, _ rune)   { _, _ = io.WriteString(f, redacted) }
+func (secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
+func (s *secret) empty() bool               { return s == nil || s.v == "" }
+func (s *secret) equal(o *secret) bool      { return s != nil && o != nil && s.v == o.v }
+func (s *secret) reveal() string            { return s.v }
+func (*staticToken) String() string         { return "securereg.StaticTokenSource(" + redacted + ")" }
+func (f *fileToken) String() string         { return fmt.Sprintf("securereg.FileTokenSource(%q)", f.path) }
+func (*staticToken) GoString() string       { return "securereg.StaticTokenSource(" + redacted + ")" }
+func (f *fileToken) GoString() string       { return f.String() }
+func (*staticToken) Format(s fmt.State, _ rune) {
+	_, _ = io.WriteString(s, "securereg.StaticTokenSource("+redacted+")")
+}
+func (f *fileToken) Format(s fmt.State, _ rune) { _, _ = io.WriteString(s, f.String()) }
+
+type staticToken struct{ tok *secret }
+
+func (s *staticToken) Token() (string, error) {
+	if s.tok.empty() {
+		return "", fmt.Errorf("securereg: the Token option is blank; pass a token or use TokenFile: %w", ErrNoToken)
+	}
+	return s.tok.reveal(), nil
+}
+
+type fileToken struct {
+	path     string
+	now      func() time.Time
+	interval time.Duration // minimum time between stats of the file
+
+	mu      sync.Mutex // guards the fields below
+	tok     *secret    // last good token; nil before the first good read
+	stat    os.FileInfo
+	checked time.Time
+}
+
+func (f *fileToken) Token() (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	if f.tok != nil && now.Sub(f.checked) < f.interval {
+		return f.tok.reveal(), nil
+	}
+	f.checked = now
+	st, err := os.Stat(f.path)
+	if err == nil && f.tok != nil && f.stat != nil && sameFile(st, f.stat) {
+		return f.tok.reveal(), nil
+	}
+	tok, st, err := readTokenFile(f.path)
+	if err != nil {
+		if f.tok != nil {
+			return f.tok.reveal(), nil // keep serving the last good token
+		}
+		return "", err
+	}
+	f.tok, f.stat = tok, st
+	return tok.reveal(), nil
+}
+
+// sameFile reports whether a and b describe the same unchanged file.
+func sameFile(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// readTokenFile reads and checks a token file. Errors name the path, never
+// the contents.
+func readTokenFile(path string) (*secret, os.FileInfo, error) {
+	if path == "" {
+		return nil, nil, fmt.Errorf("securereg: token file path is empty; set TokenFile or %s to the file's path: %w", EnvHTTPTokenFile, ErrInvalidConfig)
+	}
+	if err := checkPrivateFile(path, "token file", ""); err != nil {
+		return nil, nil, err
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("securereg: read token file: %w: %w", err, ErrInvalidConfig)
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return nil, nil, fmt.Errorf("securereg: read token file: %w: %w", err, ErrInvalidConfig)
+	}
+	data, err := io.ReadAll(io.LimitReader(fh, 64<<10))
+	if err != nil {
+		return nil, nil, fmt.Errorf("securereg: read token file: %w: %w", err, ErrInvalidConfig)
+	}
+	tok := newSecret(string(data))
+	if tok.empty() {
+		return nil, nil, fmt.Errorf("securereg: token file %q is empty; write the ACL token's SecretID into it: %w", path, ErrNoToken)
+	}
+	return tok, st, nil
+}
+
+// tokenHeader is the header Consul reads the ACL token from.
+const tokenHeader = "X-Consul-Token"
+
+// placeholderToken is what we give consul/api as its configured token. The
+// api copies it into every request; tokenTransport replaces it with the real
+// token. A request that carries any other value was given an explicit token
+// (a per-request QueryOptions.Token) and is left alone. The placeholder also
+// stops consul/api from loading CONSUL_HTTP_TOKEN(_FILE) on its own.
+const placeholderToken = "securereg-token-placeholder"
+
+// tokenTransport is an http.RoundTripper that sets X-Consul-Token from a
+// TokenSource. It never sends a token over plain HTTP.
+type tokenTransport struct {
+	base http.RoundTripper // must not be nil
+	src  TokenSource       // nil: send no token
+}
+
+func (t *tokenTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	h := req.Header.Get(tokenHeader)
+	switch {
+	case req.URL.Scheme != "https":
+		// Plain HTTP is only possible in DevMode, and even there the
+		// token stays home.
+		if h != "" {
+			req = cloneRequest(req)
+			req.Header.Del(tokenHeader)
+		}
+	case h != "" && h != placeholderToken:
+		// explicit per-request token: leave it alone
+	case t.src == nil:
+		if h != "" {
+			req = cloneRequest(req)
+			req.Header.Del(tokenHeader)
+		}
+	default:
+		tok, err := t.src.Token()
+		if err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		req = cloneRequest(req)
+		req.Header.Set(tokenHeader, tok)
+	}
+	return t.base.RoundTrip(req)
+}
+
+// cloneRequest returns a shallow copy of r with a deep copy of its headers,
+// as a RoundTripper must not modify the request it was given.
+func cloneRequest(r *http.Request) *http.Request {
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.Header = r.Header.Clone()
+	return r2
+}
+
+func closeBody(r *http.Request) {
+	if r.Body != nil {
+		_ = r.Body.Close()
+	}
+}
