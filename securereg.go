@@ -5,12 +5,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/go-micro/plugins/v4/registry/consul"
 	"github.com/hashicorp/consul/api"
@@ -256,7 +258,7 @@ func (r *Registry) Register(s *registry.Service, opts ...registry.RegisterOption
 	if err := checkService(s, "register"); err != nil {
 		return err
 	}
-	return wrapErr(fmt.Sprintf("register %q", s.Name), st.inner.Register(s, opts...))
+	return wrapErr(st, fmt.Sprintf("register %q", s.Name), st.inner.Register(s, opts...))
 }
 
 // Deregister removes a service node from the local Consul agent.
@@ -268,7 +270,7 @@ func (r *Registry) Deregister(s *registry.Service, opts ...registry.DeregisterOp
 	if err := checkService(s, "deregister"); err != nil {
 		return err
 	}
-	return wrapErr(fmt.Sprintf("deregister %q", s.Name), st.inner.Deregister(s, opts...))
+	return wrapErr(st, fmt.Sprintf("deregister %q", s.Name), st.inner.Deregister(s, opts...))
 }
 
 // GetService returns the healthy nodes of a service, grouped by version.
@@ -278,7 +280,7 @@ func (r *Registry) GetService(name string, opts ...registry.GetOption) ([]*regis
 		return nil, err
 	}
 	svcs, err := st.inner.GetService(name, opts...)
-	return svcs, wrapErr(fmt.Sprintf("get service %q", name), err)
+	return svcs, wrapErr(st, fmt.Sprintf("get service %q", name), err)
 }
 
 // ListServices returns the names of all services in the catalog.
@@ -288,7 +290,7 @@ func (r *Registry) ListServices(opts ...registry.ListOption) ([]*registry.Servic
 		return nil, err
 	}
 	svcs, err := st.inner.ListServices(opts...)
-	return svcs, wrapErr("list services", err)
+	return svcs, wrapErr(st, "list services", err)
 }
 
 // Watch returns a watcher of service changes, using Consul blocking queries.
@@ -300,9 +302,9 @@ func (r *Registry) Watch(opts ...registry.WatchOption) (registry.Watcher, error)
 	}
 	w, err := st.inner.Watch(opts...)
 	if err != nil {
-		return nil, wrapErr("watch", err)
+		return nil, wrapErr(st, "watch", err)
 	}
-	sw := &watcher{r: r, w: w}
+	sw := &watcher{r: r, st: st, w: w}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -350,6 +352,7 @@ func (r *Registry) Close() error {
 // watcher wraps the plugin's watcher so Close can stop it.
 type watcher struct {
 	r    *Registry
+	st   *state
 	w    registry.Watcher
 	once sync.Once
 }
@@ -357,7 +360,7 @@ type watcher struct {
 func (w *watcher) Next() (*registry.Result, error) {
 	res, err := w.w.Next()
 	if err != nil && !errors.Is(err, registry.ErrWatcherStopped) {
-		return nil, wrapErr("watch", err)
+		return nil, wrapErr(w.st, "watch", err)
 	}
 	return res, err
 }
@@ -390,7 +393,7 @@ func checkService(s *registry.Service, op string) error {
 // wrapErr prefixes err once, maps Consul's 403 answers to sentinels and adds
 // a hint for the usual TLS failures. It never adds the token: Consul's
 // bodies name a token's AccessorID at most, never its SecretID.
-func wrapErr(op string, err error) error {
+func wrapErr(st *state, op string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -421,9 +424,27 @@ func wrapErr(op string, err error) error {
 	case errors.As(err, &unknownCA), errors.As(err, &verr):
 		return fmt.Errorf("securereg: %s: Consul's certificate is not signed by a trusted CA; set CAFile or %s to Consul's CA: %w",
 			op, EnvCACert, err)
-	case strings.Contains(err.Error(), "tls: certificate required"), strings.Contains(err.Error(), "tls: bad certificate"):
-		return fmt.Errorf("securereg: %s: Consul requires a client certificate (verify_incoming); set ClientCert or %s and %s: %w",
+	case strings.Contains(err.Error(), "tls: unknown certificate authority"):
+		return fmt.Errorf("securereg: %s: Consul rejected the client certificate: it is not signed by a CA that Consul trusts (its tls ca_file); check ClientCert or %s: %w",
+			op, EnvClientCert, err)
+	case strings.Contains(err.Error(), "tls: certificate required"), strings.Contains(err.Error(), "tls: bad certificate"),
+		st != nil && !st.hasClientCert() && isConnBroken(err):
+		// With TLS 1.3 the server checks the client certificate after
+		// the client has finished its handshake, so a missing one shows
+		// up as an alert, a reset or a broken pipe on first write.
+		return fmt.Errorf("securereg: %s: Consul requires a client certificate (verify_incoming) and none is configured; set ClientCert or %s and %s: %w",
 			op, EnvClientCert, EnvClientKey, err)
 	}
 	return fmt.Errorf("securereg: %s: %w", op, err)
+}
+
+// hasClientCert reports whether a client certificate is configured.
+func (s *state) hasClientCert() bool {
+	t := s.cfg.tls
+	return t != nil && (len(t.Certificates) > 0 || t.GetClientCertificate != nil)
+}
+
+// isConnBroken reports whether err is a connection torn down by the peer.
+func isConnBroken(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
