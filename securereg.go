@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -427,12 +428,15 @@ func wrapErr(st *state, op string, err error) error {
 	case strings.Contains(err.Error(), "tls: unknown certificate authority"):
 		return fmt.Errorf("securereg: %s: Consul rejected the client certificate: it is not signed by a CA that Consul trusts (its tls ca_file); check ClientCert or %s: %w",
 			op, EnvClientCert, err)
-	case strings.Contains(err.Error(), "tls: certificate required"), strings.Contains(err.Error(), "tls: bad certificate"),
-		st != nil && !st.hasClientCert() && isConnBroken(err):
+	case st != nil && !st.hasClientCert() && isConnFailure(err):
 		// With TLS 1.3 the server checks the client certificate after
 		// the client has finished its handshake, so a missing one shows
-		// up as an alert, a reset or a broken pipe on first write.
-		return fmt.Errorf("securereg: %s: Consul requires a client certificate (verify_incoming) and none is configured; set ClientCert or %s and %s: %w",
+		// up as an alert, a reset, a broken pipe or an HTTP/2 setup
+		// failure on first use.
+		return fmt.Errorf("securereg: %s: the connection to Consul failed and no client certificate is configured; if Consul has verify_incoming (as it should), set ClientCert or %s and %s: %w",
+			op, EnvClientCert, EnvClientKey, err)
+	case strings.Contains(err.Error(), "tls: certificate required"), strings.Contains(err.Error(), "tls: bad certificate"):
+		return fmt.Errorf("securereg: %s: Consul refused the client certificate; check ClientCert or %s and %s: %w",
 			op, EnvClientCert, EnvClientKey, err)
 	}
 	return fmt.Errorf("securereg: %s: %w", op, err)
@@ -444,7 +448,16 @@ func (s *state) hasClientCert() bool {
 	return t != nil && (len(t.Certificates) > 0 || t.GetClientCertificate != nil)
 }
 
-// isConnBroken reports whether err is a connection torn down by the peer.
-func isConnBroken(err error) bool {
-	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+// isConnFailure reports whether err happened below HTTP: the request never
+// got an answer. Refused connections and timeouts do not count; they are
+// not about certificates.
+func isConnFailure(err error) bool {
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.Timeout() || errors.Is(err, syscall.ECONNREFUSED) {
+		return false
+	}
+	var ne *net.OpError
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne) || strings.Contains(err.Error(), "tls: ") ||
+		strings.Contains(err.Error(), "http2: client conn could not be established")
 }

@@ -10,6 +10,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -75,6 +77,7 @@ func Start(t testing.TB, cfg Config) *Server {
 		s.tokens[k] = v
 	}
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.Config.ErrorLog = log.New(io.Discard, "", 0) // handshake failures are what tests provoke
 	if cfg.Plain {
 		s.Start()
 	} else {
