@@ -38,9 +38,6 @@ type config struct {
 	warnings []string // DevMode relaxations, logged once
 }
 
-// insecureTLS reports whether certificate verification is off.
-func (c *config) insecureTLS() bool { return c.tls != nil && c.tls.InsecureSkipVerify }
-
 // applyOptions applies opts to fresh Options. Secure starts true so that an
 // explicit registry.Secure(false) can be told apart from the default: TLS is
 // on unless someone asked for it to be off.

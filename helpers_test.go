@@ -57,8 +57,6 @@ type fixture struct {
 
 type fixtureOpt func(*fakeconsul.Config)
 
-func noMTLS(c *fakeconsul.Config) { c.ClientCA = nil }
-
 func newFixture(t *testing.T, opts ...fixtureOpt) *fixture {
 	t.Helper()
 	clearEnv(t)

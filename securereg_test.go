@@ -271,20 +271,28 @@ func TestConsulACLAnswers(t *testing.T) {
 		{"read-only token can read", readToken, func(r registry.Registry) error { _, err := r.GetService("greeter"); return err }, nil},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t)
-			r := newRegistry(t, f.opts(securereg.Token(tt.token))...)
-			err := tt.call(r)
-			if tt.want == nil {
-				require.NoError(t, err)
-				return
+		for _, dev := range []bool{false, true} {
+			name := tt.name
+			opts := []registry.Option{securereg.Token(tt.token)}
+			if dev {
+				name += " DevMode"
+				opts = append(opts, securereg.DevMode())
 			}
-			require.ErrorIs(t, err, tt.want)
-			assert.True(t, strings.HasPrefix(err.Error(), "securereg: "), "error %q", err)
-			var se api.StatusError
-			assert.True(t, errors.As(err, &se), "the Consul error is wrapped too")
-			assertNoSecrets(t, "error", err.Error())
-		})
+			t.Run(name, func(t *testing.T) {
+				f := newFixture(t)
+				r := newRegistry(t, f.opts(opts...)...)
+				err := tt.call(r)
+				if tt.want == nil {
+					require.NoError(t, err)
+					return
+				}
+				require.ErrorIs(t, err, tt.want)
+				assert.True(t, strings.HasPrefix(err.Error(), "securereg: "), "error %q", err)
+				var se api.StatusError
+				assert.True(t, errors.As(err, &se), "the Consul error is wrapped too")
+				assertNoSecrets(t, "error", err.Error())
+			})
+		}
 	}
 }
 
@@ -342,6 +350,38 @@ func TestServerVerification(t *testing.T) {
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.wantErr)
 			assert.Zero(t, tokensSeen(f.fake)[testToken], "no token may reach a server that failed verification")
+		})
+	}
+}
+
+// TestServerName connects by IP to a server whose certificate names only
+// server.dc1.consul, as Consul's auto-generated certificates do.
+func TestServerName(t *testing.T) {
+	for _, how := range []string{"option", "env", "tls.Config"} {
+		t.Run(how, func(t *testing.T) {
+			f := newFixture(t)
+			leaf := f.ca.Issue(t, testca.Leaf{CommonName: "server.dc1.consul", DNSNames: []string{"server.dc1.consul"}, Server: true})
+			fake := fakeconsul.Start(t, fakeconsul.Config{Cert: leaf.TLS(t), ClientCA: f.ca.Pool(),
+				Tokens: map[string]fakeconsul.Role{testToken: fakeconsul.Write}})
+			opts := f.opts(registry.Addrs(fake.Addr))
+			switch how {
+			case "option":
+				opts = append(opts, securereg.ServerName("server.dc1.consul"))
+			case "env":
+				t.Setenv("CONSUL_TLS_SERVER_NAME", "server.dc1.consul")
+			case "tls.Config":
+				opts = append(opts, registry.TLSConfig(&tls.Config{ServerName: "server.dc1.consul"}))
+			}
+			r := newRegistry(t, opts...)
+			_, err := r.GetService("greeter")
+			require.NoError(t, err)
+
+			// Without it, the IP is checked against the certificate and fails.
+			t.Setenv("CONSUL_TLS_SERVER_NAME", "")
+			bare := newRegistry(t, f.opts(registry.Addrs(fake.Addr))...)
+			_, err = bare.GetService("greeter")
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "does not carry the expected name")
 		})
 	}
 }

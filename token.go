@@ -59,7 +59,6 @@ func (secret) Format(f fmt.State, _ rune)   { _, _ = io.WriteString(f, redacted)
 func (secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 func (secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
 func (s *secret) empty() bool               { return s == nil || s.v == "" }
-func (s *secret) equal(o *secret) bool      { return s != nil && o != nil && s.v == o.v }
 func (s *secret) reveal() string            { return s.v }
 func (*staticToken) String() string         { return "securereg.StaticTokenSource(" + redacted + ")" }
 func (f *fileToken) String() string         { return fmt.Sprintf("securereg.FileTokenSource(%q)", f.path) }

@@ -1,0 +1,49 @@
+// Package securereg is a drop-in replacement for go-micro's Consul registry
+// (github.com/go-micro/plugins/v4/registry/consul) that is secure by default.
+//
+// Change one line:
+//
+//	reg := consul.NewRegistry(opts...)    // before
+//	reg := securereg.NewRegistry(opts...) // after
+//
+// # Why
+//
+// The stock plugin (v1.2.1) is unsafe by default:
+//
+//   - registry.Secure(true) without a TLS config becomes
+//     InsecureSkipVerify: true, so any machine in the middle is accepted and
+//     handed the ACL token on every request;
+//   - CONSUL_CACERT, CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY are ignored,
+//     because the plugin builds the HTTP client before consul/api reads them;
+//   - a token file is read once, so a token rotated by Vault Agent breaks the
+//     service, and an unreadable one causes a nil-pointer panic;
+//   - NewRegistry cannot return an error and Init always returns nil;
+//   - its address probe needs operator:read, fails with least-privilege
+//     tokens and hides that failure.
+//
+// # What securereg changes
+//
+// TLS is on and verified unless [DevMode] is set in code: the default address
+// is 127.0.0.1:8501, Secure(true) alone means verification against the system
+// roots, and CAFile/CAPath/CONSUL_CACERT narrow that to Consul's CA. mTLS
+// comes from [ClientCert] or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY. The ACL
+// token comes from [Token], [TokenFile], [Tokens], CONSUL_HTTP_TOKEN_FILE or
+// CONSUL_HTTP_TOKEN, and an http.RoundTripper sends it on every request, the
+// watch's blocking queries included, over TLS only. A token file is re-read
+// when it changes.
+//
+// Anything insecure is refused with an error that says how to fix it:
+// [ErrInsecure], [ErrPlaintext], [ErrNoToken], [ErrFileMode],
+// [ErrCertExpired], [ErrInvalidConfig]. [New] returns the error;
+// [NewRegistry], which must keep the plugin's signature, returns a Registry
+// whose every method returns it. Nothing falls back to an insecure
+// connection. Consul's 403 answers map to [ErrPermissionDenied] and
+// [ErrTokenInvalid].
+//
+// The token is kept in a type that formats as [redacted]: it never appears in
+// an error, a log line, or %v/%+v/%#v of the registry or its options.
+//
+// The registry logic itself (service encoding in tags, checks, watches) is
+// the plugin's, run on securereg's HTTP client, so services registered by
+// either library see each other.
+package securereg
