@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -1017,4 +1018,77 @@ func TestString(t *testing.T) {
 	f := newFixture(t)
 	r := newRegistry(t, f.opts()...)
 	assert.Equal(t, "consul", r.String(), "go-micro's MICRO_REGISTRY=consul must keep this registry")
+}
+
+// TestCloseStopsWatchers checks that no watcher goroutine outlives Close.
+func TestCloseStopsWatchers(t *testing.T) {
+	f := newFixture(t)
+	r, err := securereg.New(f.opts()...)
+	require.NoError(t, err)
+	require.NoError(t, r.Register(testService("greeter", "g1")))
+	for range 3 {
+		_, err := r.Watch(registry.WatchService("greeter"))
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return countGoroutines("consul/api/watch") > 0 }, 5*time.Second, 10*time.Millisecond,
+		"watch goroutines should be running")
+	require.NoError(t, r.Close())
+	require.Eventually(t, func() bool { return countGoroutines("consul/api/watch") == 0 }, 5*time.Second, 10*time.Millisecond,
+		"watch goroutines still running after Close:\n%s", goroutines("consul/api/watch"))
+}
+
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t)
+	r := newRegistry(t, f.opts()...)
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			svc := testService("greeter", fmt.Sprintf("g-%d", i))
+			if err := r.Register(svc); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := r.GetService("greeter"); err != nil {
+				errs <- err
+			}
+			_ = r.Options()
+			if i%25 == 0 {
+				if err := r.Init(registry.Timeout(10 * time.Second)); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got, err := r.GetService("greeter")
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Len(t, got[0].Nodes, 100)
+}
+
+func goroutines(substr string) string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, substr) {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+func countGoroutines(substr string) int {
+	s := goroutines(substr)
+	if s == "" {
+		return 0
+	}
+	return strings.Count(s, "goroutine ")
 }
