@@ -192,6 +192,25 @@ func tlsInputsFor(o registry.Options, c *config, getenv func(string) string, ver
 		}
 		c.warnings = append(c.warnings, "registry.TLSConfig MinVersion below TLS 1.2 was raised to TLS 1.2")
 	}
+	// Weak protocol settings: refused like skipped verification, but in
+	// DevMode they only warn and leave verification on.
+	var weakWhy []string
+	if o.TLSConfig != nil && o.TLSConfig.MaxVersion != 0 && o.TLSConfig.MaxVersion < tls.VersionTLS12 {
+		weakWhy = append(weakWhy, "registry.TLSConfig has MaxVersion "+tls.VersionName(o.TLSConfig.MaxVersion)+", below TLS 1.2")
+	}
+	if o.TLSConfig != nil {
+		for _, id := range o.TLSConfig.CipherSuites {
+			if isInsecureSuite(id) {
+				weakWhy = append(weakWhy, "registry.TLSConfig lists the insecure cipher suite "+tls.CipherSuiteName(id))
+			}
+		}
+	}
+	if len(weakWhy) > 0 {
+		if !c.dev {
+			return in, fmt.Errorf("securereg: %s; remove it and let crypto/tls choose: %w", strings.Join(weakWhy, " and "), ErrInsecure)
+		}
+		c.warnings = append(c.warnings, strings.Join(weakWhy, ", "))
+	}
 	if len(insecureWhy) > 0 {
 		if !c.dev {
 			return in, fmt.Errorf("securereg: %s, which accepts any server certificate and hands the ACL token to a machine in the middle; give the CA with CAFile or %s instead, or set DevMode() in code for local development: %w",
@@ -352,4 +371,15 @@ func parseAddr(raw, from string) (scheme, hostport string, err error) {
 		return "", "", fmt.Errorf("securereg: address %q from %s has port %q out of range: %w", a, from, port, ErrInvalidConfig)
 	}
 	return scheme, net.JoinHostPort(host, port), nil
+}
+
+// isInsecureSuite reports whether id is one of crypto/tls's known-insecure
+// cipher suites (RC4, 3DES, CBC-SHA256, NULL...).
+func isInsecureSuite(id uint16) bool {
+	for _, cs := range tls.InsecureCipherSuites() {
+		if cs.ID == id {
+			return true
+		}
+	}
+	return false
 }

@@ -26,9 +26,10 @@ import (
 var (
 	// ErrInsecure is returned when certificate verification would be
 	// skipped (InsecureSkipVerify in a registry.TLSConfig or a
-	// consul.Config, or CONSUL_HTTP_SSL_VERIFY=false) or a TLS MinVersion
-	// below 1.2 is asked for, without [DevMode]. Also returned by an Init
-	// that tries to turn DevMode on.
+	// consul.Config, or CONSUL_HTTP_SSL_VERIFY=false), or a TLS MinVersion
+	// or MaxVersion below 1.2 or an insecure cipher suite is asked for,
+	// without [DevMode]. Also returned by an Init that tries to turn
+	// DevMode on.
 	ErrInsecure = errors.New("insecure TLS refused")
 
 	// ErrPlaintext is returned when plain HTTP is asked for (an http://

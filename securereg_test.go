@@ -134,6 +134,20 @@ func TestSentinels(t *testing.T) {
 			want: securereg.ErrInsecure, devOK: true, msg: []string{"MinVersion", "TLS 1.0"},
 		},
 		{
+			name: "ErrInsecure MaxVersion TLS 1.1",
+			setup: func(t *testing.T, f *fixture) []registry.Option {
+				return f.opts(registry.TLSConfig(&tls.Config{MaxVersion: tls.VersionTLS11}))
+			},
+			want: securereg.ErrInsecure, devOK: true, msg: []string{"MaxVersion"},
+		},
+		{
+			name: "ErrInsecure insecure cipher suite",
+			setup: func(t *testing.T, f *fixture) []registry.Option {
+				return f.opts(registry.TLSConfig(&tls.Config{CipherSuites: []uint16{tls.TLS_RSA_WITH_RC4_128_SHA}}))
+			},
+			want: securereg.ErrInsecure, devOK: true, msg: []string{"TLS_RSA_WITH_RC4_128_SHA"},
+		},
+		{
 			name: "ErrPlaintext http address",
 			setup: func(t *testing.T, f *fixture) []registry.Option {
 				return f.opts(registry.Addrs("http://" + f.fake.Addr))
