@@ -8,8 +8,9 @@ TESTLOG     := $(CURDIR)/.test-output.log
 # Suffix shared by every test token (helpers_test.go). It must never show up
 # in test output.
 TOKEN_MARK  := never-print-me
+CONSUL_IMAGE ?= securereg/consul:1.16.1
 
-.PHONY: all test unit vet lint fmt fmt-check tidy-check clean
+.PHONY: all test unit vet lint fmt fmt-check clean consul consul-image
 
 all: lint test
 
@@ -39,3 +40,23 @@ fmt-check:
 
 clean:
 	rm -f $(TESTLOG)
+
+## consul: build bin/consul (v1.16.1, MPL-2.0) from the tools module, only when missing or outdated
+consul: bin/consul
+
+bin/consul: tools/consul/go.mod tools/consul/go.sum
+	@mkdir -p bin
+	cd tools/consul && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/consul github.com/hashicorp/consul
+	@./bin/consul version | head -1
+
+## consul-image: import bin/consul as the Docker image securereg/consul:1.16.1 (no registry needed)
+consul-image: bin/consul
+	@sum="$$(sha256sum bin/consul | cut -c1-64)"; \
+	if [ "$$(docker image inspect -f '{{ index .Config.Labels "securereg.consul.sha256" }}' $(CONSUL_IMAGE) 2>/dev/null)" = "$$sum" ]; then \
+		echo "$(CONSUL_IMAGE) is up to date"; exit 0; fi; \
+	stage="$$(mktemp -d)"; trap 'rm -rf "$$stage"' EXIT; \
+	mkdir -p "$$stage/bin" "$$stage/tmp" "$$stage/consul/config" "$$stage/consul/data"; \
+	chmod 1777 "$$stage/tmp"; cp bin/consul "$$stage/bin/consul"; \
+	tar -C "$$stage" --owner=0 --group=0 --numeric-owner -cf - . | \
+		docker import --change 'ENTRYPOINT ["/bin/consul"]' --change "LABEL securereg.consul.sha256=$$sum" - $(CONSUL_IMAGE) >/dev/null; \
+	echo "built $(CONSUL_IMAGE)"
