@@ -9,17 +9,34 @@ TESTLOG     := $(CURDIR)/.test-output.log
 # in test output.
 TOKEN_MARK  := never-print-me
 CONSUL_IMAGE ?= securereg/consul:1.16.1
+# The tests use the image `make consul-image` builds; consultest's own default
+# (hashicorp/consul:1.16.1) is for users who can pull from a registry.
+export CONSUL_TEST_IMAGE ?= $(CONSUL_IMAGE)
+CONSUL_TEST_BACKEND ?=
 
-.PHONY: all test unit vet lint fmt fmt-check clean consul consul-image
+.PHONY: all test check-log integration unit vet lint fmt fmt-check clean consul consul-image image-if-docker
 
 all: lint test
 
-## test: vet, then every test with the race detector; fail if a test token leaks into the output
-test: vet
-	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(---|===|ok|FAIL|PASS|panic)' | grep -v '^=== RUN' || true
+## test: vet, then unit and integration tests with -race against a real Consul; fail if a test token leaks into the output
+test: vet consul image-if-docker
+	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' | grep -v '^=== RUN' || true
+	@$(MAKE) --no-print-directory check-log
+
+# check-log fails on a failed test, on no test run, or on a leaked token, and
+# says which Consul backends the integration tests ran on.
+check-log:
 	@if grep -E '^(--- FAIL|FAIL)' $(TESTLOG) >/dev/null; then echo "tests failed (full log: $(TESTLOG))"; exit 1; fi
 	@if ! grep -qE '^ok ' $(TESTLOG); then echo "no test package passed (full log: $(TESTLOG))"; exit 1; fi
 	@if grep -q '$(TOKEN_MARK)' $(TESTLOG); then echo "a test token leaked into test output"; exit 1; fi
+	@for b in container binary; do n=$$(grep -c "consultest: Consul 1.16.1 ready at .*($$b backend)" $(TESTLOG) || true); \
+		echo "integration: $$n Consul 1.16.1 servers started on the $$b backend"; done
+
+## integration: only the real-Consul tests, on CONSUL_TEST_BACKEND (container or binary; empty picks one)
+integration: consul image-if-docker
+	CONSUL_TEST_BACKEND=$(CONSUL_TEST_BACKEND) $(GO) test -race -count=1 -v -run 'TestIntegration|TestServerIsSecured|TestRestart|Example' \
+		. ./consultest/ 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' || true
+	@$(MAKE) --no-print-directory check-log
 
 ## unit: quick run without the race detector
 unit:
@@ -48,6 +65,11 @@ bin/consul: tools/consul/go.mod tools/consul/go.sum
 	@mkdir -p bin
 	cd tools/consul && CGO_ENABLED=0 $(GO) build -trimpath -o ../../bin/consul github.com/hashicorp/consul
 	@./bin/consul version | head -1
+
+# image-if-docker builds the image only when a Docker engine answers.
+image-if-docker:
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory consul-image; \
+	else echo "no Docker engine answers: the container backend is unavailable"; fi
 
 ## consul-image: import bin/consul as the Docker image securereg/consul:1.16.1 (no registry needed)
 consul-image: bin/consul

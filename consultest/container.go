@@ -67,7 +67,7 @@ func dockerImagePresent(image string) error {
 		return fmt.Errorf("no Docker engine answers: %w", err)
 	}
 	if _, err := cli.ImageInspect(ctx, image); err != nil {
-		return fmt.Errorf("Docker image %s is not present: %w", image, err)
+		return fmt.Errorf("docker image %s is not present: %w", image, err)
 	}
 	return nil
 }
