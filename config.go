@@ -28,14 +28,16 @@ const pluginConfigKey = "consul_config"
 // config is the validated result of options plus environment.
 type config struct {
 	dev      bool
-	scheme   string   // "https", or "http" in DevMode only
-	addrs    []string // host:port, at least one
-	tls      *tls.Config
+	scheme   string      // "https", or "http" in DevMode only
+	addrs    []string    // host:port, at least one
+	tls      *tlsState   // nil for plain HTTP (DevMode only)
 	tokens   TokenSource // nil only in DevMode
 	consul   *api.Config // copy of a caller's consul.Config, or nil
 	timeout  time.Duration
 	logger   *slog.Logger
-	warnings []string // DevMode relaxations, logged once
+	onEvent  func(Event)   // nil: none
+	expiry   time.Duration // warn when a certificate expires within this
+	warnings []string      // DevMode relaxations, logged once
 }
 
 // applyOptions applies opts to fresh Options. Secure starts true so that an
@@ -68,6 +70,14 @@ func resolve(o registry.Options, env func(string) (string, bool)) (*config, erro
 	c.logger, _ = lookup[*slog.Logger](ctx, loggerKey{})
 	if c.logger == nil {
 		c.logger = slog.Default()
+	}
+	c.onEvent, _ = lookup[func(Event)](ctx, onEventKey{})
+	c.expiry = defaultExpiryWarning
+	if d, ok := lookup[time.Duration](ctx, expiryWarningKey{}); ok {
+		if d < 0 {
+			return nil, fmt.Errorf("securereg: ExpiryWarning is negative (%s); use a positive duration, or 0 to warn only at expiry: %w", d, ErrInvalidConfig)
+		}
+		c.expiry = d
 	}
 	if o.Timeout < 0 {
 		return nil, fmt.Errorf("securereg: registry.Timeout is negative (%s); use a positive duration or 0 for none: %w", o.Timeout, ErrInvalidConfig)

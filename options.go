@@ -3,6 +3,7 @@ package securereg
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"go-micro.dev/v4/registry"
 )
@@ -48,13 +49,15 @@ const (
 // Context keys. Unexported struct types, so no other package can collide
 // with them or read them (compare go-micro's servicesKey).
 type (
-	caFileKey     struct{}
-	caPathKey     struct{}
-	clientCertKey struct{}
-	serverNameKey struct{}
-	tokenKey      struct{}
-	devModeKey    struct{}
-	loggerKey     struct{}
+	caFileKey        struct{}
+	caPathKey        struct{}
+	clientCertKey    struct{}
+	serverNameKey    struct{}
+	tokenKey         struct{}
+	devModeKey       struct{}
+	loggerKey        struct{}
+	onEventKey       struct{}
+	expiryWarningKey struct{}
 )
 
 // clientCertFiles is the value stored under clientCertKey.
@@ -143,6 +146,25 @@ func DevMode() registry.Option {
 // contains the token.
 func Logger(l *slog.Logger) registry.Option {
 	return withValue(loggerKey{}, l)
+}
+
+// OnEvent sets a function called on credential events: a token, client
+// certificate or CA rotated, a reload that failed, a certificate expiring or
+// expired, Consul refusing the token. Wire it to metrics or alerts. It is
+// called from the registry's reload goroutine or from a request, so it must
+// be safe for concurrent use and must not block; a panic in it is recovered
+// and logged. An Event never contains the token. If nil or unset, events are
+// only logged.
+func OnEvent(fn func(Event)) registry.Option {
+	return withValue(onEventKey{}, fn)
+}
+
+// ExpiryWarning sets how long before a client certificate or CA expires
+// securereg starts to log a warning and send an [EventExpiring]. The default
+// is 30 days. Expiry is checked at start and every hour; at expiry an Error
+// is logged and an [EventExpired] sent. 0 warns only at expiry.
+func ExpiryWarning(d time.Duration) registry.Option {
+	return withValue(expiryWarningKey{}, d)
 }
 
 func withValue(key, value any) registry.Option {

@@ -88,9 +88,18 @@ type Registry struct {
 
 // state is one validated configuration and the clients built from it.
 type state struct {
-	cfg       *config
-	inner     registry.Registry // go-micro's Consul plugin, on our HTTP client
-	transport *http.Transport
+	cfg      *config
+	inner    registry.Registry // go-micro's Consul plugin, on our HTTP client
+	rt       *rotatingTransport
+	reloader *reloader // nil when there is nothing to watch
+}
+
+// close stops the reloader and closes idle connections.
+func (s *state) close() {
+	if s.reloader != nil {
+		s.reloader.close()
+	}
+	s.rt.closeIdle()
 }
 
 var _ registry.Registry = (*Registry)(nil)
@@ -140,7 +149,8 @@ func newState(o registry.Options) (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, transport := newHTTPClient(cfg)
+	sink := &eventSink{logger: cfg.logger, fn: cfg.onEvent}
+	client, rt := newHTTPClient(cfg, sink)
 
 	// The consul/api config: a caller's consul.Config minus what is ours.
 	var ac api.Config
@@ -161,7 +171,12 @@ func newState(o registry.Options) (*state, error) {
 	po := o
 	po.Addrs, po.Secure, po.TLSConfig, po.Timeout = nil, false, nil, 0
 	inner := consul.NewRegistry(func(x *registry.Options) { *x = po }, consul.Config(&ac))
-	return &state{cfg: cfg, inner: inner, transport: transport}, nil
+	st := &state{cfg: cfg, inner: inner, rt: rt}
+	if rl := newReloader(cfg, rt, sink); rl.needed() {
+		st.reloader = rl
+		rl.start()
+	}
+	return st, nil
 }
 
 func (r *Registry) warnDevMode(cfg *config) {
@@ -209,9 +224,9 @@ func (r *Registry) Init(opts ...registry.Option) error {
 	old := r.st
 	r.opts, r.st, r.err = o, st, nil
 	if old != nil {
-		// Watchers started before keep their own client; new calls use
-		// the new one.
-		old.transport.CloseIdleConnections()
+		// Watchers started before keep their own client, no longer
+		// reloaded; new calls use the new one.
+		old.close()
 	}
 	r.warnDevMode(st.cfg)
 	return nil
@@ -346,7 +361,7 @@ func (r *Registry) Close() error {
 		w.w.Stop()
 	}
 	if st != nil {
-		st.transport.CloseIdleConnections()
+		st.close()
 	}
 	return nil
 }
@@ -429,6 +444,9 @@ func wrapErr(st *state, op string, err error) error {
 	case strings.Contains(err.Error(), "tls: unknown certificate authority"):
 		return fmt.Errorf("securereg: %s: Consul rejected the client certificate: it is not signed by a CA that Consul trusts (its tls ca_file); check ClientCert or %s: %w",
 			op, EnvClientCert, err)
+	case st != nil && st.hasClientCert() && isConnFailure(err):
+		return fmt.Errorf("securereg: %s: the TLS connection to Consul failed; if Consul rejected the client certificate, check that it is signed by a CA Consul trusts (its tls ca_file), is valid now and allows client auth (ClientCert or %s): %w",
+			op, EnvClientCert, err)
 	case st != nil && !st.hasClientCert() && isConnFailure(err):
 		// With TLS 1.3 the server checks the client certificate after
 		// the client has finished its handshake, so a missing one shows
@@ -446,7 +464,7 @@ func wrapErr(st *state, op string, err error) error {
 // hasClientCert reports whether a client certificate is configured.
 func (s *state) hasClientCert() bool {
 	t := s.cfg.tls
-	return t != nil && (len(t.Certificates) > 0 || t.GetClientCertificate != nil)
+	return t != nil && (t.cert != nil || len(t.base.Certificates) > 0 || t.base.GetClientCertificate != nil)
 }
 
 // isConnFailure reports whether err happened below HTTP: the request never

@@ -349,7 +349,7 @@ func TestServerVerification(t *testing.T) {
 		{"client cert from another CA", func(f *fixture, _ string) []registry.Option {
 			c, k := testca.New(t).Client(t, "stranger").Write(t, f.dir, "stranger")
 			return f.opts(securereg.ClientCert(c, k))
-		}, "Consul rejected the client certificate"},
+		}, "client certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

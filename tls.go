@@ -11,7 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go-micro.dev/v4/registry"
@@ -21,7 +23,8 @@ import (
 // same options and environment, for callers that talk to Consul with a
 // client of their own. It returns an error whenever New would, and
 // [ErrPlaintext] when the options ask for plain HTTP (only possible in
-// DevMode). The returned config is a new value the caller owns.
+// DevMode). The returned config is a new value the caller owns; it holds the
+// files' contents as read now and is not reloaded.
 func NewTLSConfig(opts ...registry.Option) (*tls.Config, error) {
 	cfg, err := resolve(applyOptions(opts), os.LookupEnv)
 	if err != nil {
@@ -30,7 +33,7 @@ func NewTLSConfig(opts ...registry.Option) (*tls.Config, error) {
 	if cfg.tls == nil {
 		return nil, fmt.Errorf("securereg: the options ask for plain HTTP, so there is no TLS config: %w", ErrPlaintext)
 	}
-	return cfg.tls.Clone(), nil
+	return cfg.tls.config(), nil
 }
 
 // tlsInputs is everything the TLS config is built from, after precedence
@@ -51,9 +54,58 @@ type tlsInputs struct {
 	insecure   bool // allowed only in DevMode, checked by the caller
 }
 
-// buildTLS returns a verified client TLS config. now is the clock used for
+// tlsState is the TLS configuration of one registry: a fixed template plus
+// the CA and client certificate when they come from files, which the
+// reloader may swap while the registry runs.
+type tlsState struct {
+	base *tls.Config // template; never handed out, only cloned
+	ca   *caFiles    // nil: RootCAs are the template's (caller's, PEM or system)
+	cert *certFiles  // nil: the template's client certificate, if any
+
+	static []labelledCert // certificates not from files, for expiry checks
+}
+
+// labelledCert is a certificate with what it is, for logs and events.
+type labelledCert struct {
+	what, file string
+	cert       *x509.Certificate
+}
+
+// config returns a new *tls.Config with the current CA pool. Its
+// GetClientCertificate always serves the current client certificate.
+func (s *tlsState) config() *tls.Config {
+	c := s.base.Clone()
+	if s.ca != nil {
+		c.RootCAs = s.ca.pool.Load()
+	}
+	if s.cert != nil {
+		c.Certificates = nil
+		c.GetClientCertificate = s.cert.get
+	}
+	return c
+}
+
+// certificates returns every certificate whose expiry is watched.
+func (s *tlsState) certificates() []labelledCert {
+	out := append([]labelledCert(nil), s.static...)
+	if s.cert != nil {
+		if c := s.cert.cur.Load(); c != nil && c.Leaf != nil {
+			out = append(out, labelledCert{what: "client cert", file: s.cert.certFile, cert: c.Leaf})
+		}
+	}
+	if s.ca != nil {
+		if certs := s.ca.certs.Load(); certs != nil {
+			for _, c := range *certs {
+				out = append(out, labelledCert{what: "CA cert " + strconv.Quote(c.Subject.CommonName), file: s.ca.name(), cert: c})
+			}
+		}
+	}
+	return out
+}
+
+// buildTLS returns a verified client TLS state. now is the clock used for
 // certificate validity.
-func buildTLS(in tlsInputs, now time.Time) (*tls.Config, error) {
+func buildTLS(in tlsInputs, now time.Time) (*tlsState, error) {
 	var c *tls.Config
 	if in.base != nil {
 		c = in.base.Clone()
@@ -71,35 +123,33 @@ func buildTLS(in tlsInputs, now time.Time) (*tls.Config, error) {
 	if in.serverName != "" {
 		c.ServerName = in.serverName
 	}
+	st := &tlsState{base: c}
 
-	if in.caFile != "" || in.caPath != "" || len(in.caPEM) > 0 {
+	switch {
+	case in.caFile != "" || in.caPath != "":
+		st.ca = &caFiles{file: in.caFile, fileFrom: in.caFileFrom, path: in.caPath, pathFrom: in.caPathFrom, extraPEM: in.caPEM}
+		if _, err := st.ca.load(); err != nil {
+			return nil, err
+		}
+	case len(in.caPEM) > 0:
+		certs, err := parseCerts(in.caPEM)
+		if err != nil {
+			return nil, fmt.Errorf("securereg: CA PEM from consul.Config TLSConfig.CAPem: %w: %w", err, ErrInvalidConfig)
+		}
 		pool := x509.NewCertPool()
-		if in.caFile != "" {
-			if err := addCAFile(pool, in.caFile, in.caFileFrom); err != nil {
-				return nil, err
-			}
-		}
-		if in.caPath != "" {
-			if err := addCADir(pool, in.caPath, in.caPathFrom); err != nil {
-				return nil, err
-			}
-		}
-		if len(in.caPEM) > 0 {
-			if _, err := parseCerts(in.caPEM); err != nil {
-				return nil, fmt.Errorf("securereg: CA PEM from consul.Config TLSConfig.CAPem: %w: %w", err, ErrInvalidConfig)
-			}
-			pool.AppendCertsFromPEM(in.caPEM)
+		for _, ca := range certs {
+			pool.AddCert(ca)
+			st.static = append(st.static, labelledCert{what: "CA cert " + strconv.Quote(ca.Subject.CommonName), file: "consul.Config TLSConfig.CAPem", cert: ca})
 		}
 		c.RootCAs = pool
 	}
 
 	switch {
 	case in.certFile != "" || in.keyFile != "":
-		cert, err := loadKeyPair(in.certFile, in.keyFile, in.certFrom, now)
-		if err != nil {
+		st.cert = &certFiles{certFile: in.certFile, keyFile: in.keyFile, from: in.certFrom}
+		if _, err := st.cert.load(now); err != nil {
 			return nil, err
 		}
-		setClientCert(c, cert)
 	case len(in.certPEM) > 0 || len(in.keyPEM) > 0:
 		cert, err := tls.X509KeyPair(in.certPEM, in.keyPEM)
 		if err != nil {
@@ -108,19 +158,231 @@ func buildTLS(in tlsInputs, now time.Time) (*tls.Config, error) {
 		if err := checkValidity(cert.Leaf, "consul.Config TLSConfig.CertPEM", now); err != nil {
 			return nil, err
 		}
-		setClientCert(c, &cert)
+		c.Certificates = nil
+		c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+		st.static = append(st.static, labelledCert{what: "client cert", file: "consul.Config TLSConfig.CertPEM", cert: cert.Leaf})
+	default:
+		if len(c.Certificates) > 0 && c.Certificates[0].Leaf != nil {
+			st.static = append(st.static, labelledCert{what: "client cert", file: "registry.TLSConfig", cert: c.Certificates[0].Leaf})
+		}
 	}
-	return c, nil
+	return st, nil
 }
 
-// setClientCert serves cert through GetClientCertificate, which wins over
-// Certificates in crypto/tls, and clears the caller's Certificates so the
-// clone holds one answer only. The returned certificate is never modified.
-func setClientCert(c *tls.Config, cert *tls.Certificate) {
-	c.Certificates = nil
-	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-		return cert, nil
+// caFiles is a CA bundle read from CAFile and/or CAPath.
+type caFiles struct {
+	file, fileFrom string
+	path, pathFrom string
+	extraPEM       []byte // consul.Config CAPem, added to every pool
+
+	pool  atomic.Pointer[x509.CertPool]
+	certs atomic.Pointer[[]*x509.Certificate]
+	stamp []os.FileInfo // at the last load; only the loader touches it
+}
+
+func (c *caFiles) name() string {
+	switch {
+	case c.file != "" && c.path != "":
+		return c.file + " and " + c.path
+	case c.file != "":
+		return c.file
 	}
+	return c.path
+}
+
+// load reads the bundle if its files changed since the last load and swaps
+// the pool. It reports whether the certificates changed. On error the old
+// pool stays. Only one goroutine may call it at a time.
+func (c *caFiles) load() (bool, error) {
+	stamp, err := c.stampFiles()
+	if err == nil && c.stamp != nil && stampsEqual(stamp, c.stamp) {
+		return false, nil
+	}
+	var certs []*x509.Certificate
+	if c.file != "" {
+		cs, err := readCAFile(c.file, c.fileFrom)
+		if err != nil {
+			return false, err
+		}
+		certs = append(certs, cs...)
+	}
+	if c.path != "" {
+		cs, err := readCADir(c.path, c.pathFrom)
+		if err != nil {
+			return false, err
+		}
+		certs = append(certs, cs...)
+	}
+	if len(c.extraPEM) > 0 {
+		cs, err := parseCerts(c.extraPEM)
+		if err != nil {
+			return false, fmt.Errorf("securereg: CA PEM from consul.Config TLSConfig.CAPem: %w: %w", err, ErrInvalidConfig)
+		}
+		certs = append(certs, cs...)
+	}
+	c.stamp = stamp
+	if old := c.certs.Load(); old != nil && sameCerts(*old, certs) {
+		return false, nil // touched, not changed
+	}
+	pool := x509.NewCertPool()
+	for _, ca := range certs {
+		pool.AddCert(ca)
+	}
+	c.pool.Store(pool)
+	c.certs.Store(&certs)
+	return true, nil
+}
+
+// stampFiles stats the bundle's files, following symlinks.
+func (c *caFiles) stampFiles() ([]os.FileInfo, error) {
+	var out []os.FileInfo
+	if c.file != "" {
+		fi, err := os.Stat(c.file)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fi)
+	}
+	if c.path != "" {
+		entries, err := os.ReadDir(c.path)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				continue
+			}
+			fi, err := os.Stat(filepath.Join(c.path, e.Name()))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, fi)
+		}
+	}
+	return out, nil
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// certFiles is a client certificate and key read from files.
+type certFiles struct {
+	certFile, keyFile, from string
+
+	cur   atomic.Pointer[tls.Certificate] // never modified once stored
+	stamp []os.FileInfo                   // at the last load; only the loader touches it
+}
+
+// get serves the current certificate to crypto/tls.
+func (c *certFiles) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return c.cur.Load(), nil
+}
+
+// load reads the pair if its files changed since the last load, checks it
+// and swaps it in. It reports whether the certificate changed. On error (a
+// half-written pair that does not match yet, an expired certificate) the
+// old pair stays. Only one goroutine may call it at a time.
+func (c *certFiles) load(now time.Time) (bool, error) {
+	stamp, err := stampPaths(c.certFile, c.keyFile)
+	if err == nil && c.stamp != nil && stampsEqual(stamp, c.stamp) {
+		return false, nil
+	}
+	cert, err := loadKeyPair(c.certFile, c.keyFile, c.from, now)
+	if err != nil {
+		return false, err
+	}
+	c.stamp = stamp
+	if old := c.cur.Load(); old != nil && old.Leaf != nil && old.Leaf.Equal(cert.Leaf) {
+		return false, nil
+	}
+	c.cur.Store(cert)
+	return true, nil
+}
+
+func stampPaths(paths ...string) ([]os.FileInfo, error) {
+	out := make([]os.FileInfo, 0, len(paths))
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fi)
+	}
+	return out, nil
+}
+
+func stampsEqual(a, b []os.FileInfo) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !sameFile(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// readCAFile returns every certificate in a PEM file.
+func readCAFile(path, from string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("securereg: read CA file (%s): %w: %w", from, err, ErrInvalidConfig)
+	}
+	certs, err := parseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("securereg: CA file %q (%s): %w: %w", path, from, err, ErrInvalidConfig)
+	}
+	return certs, nil
+}
+
+// readCADir returns the certificates of every PEM file directly in dir.
+// Files without any PEM block are skipped; a malformed certificate is an
+// error, and so is a directory that yields no certificate at all.
+func readCADir(dir, from string) ([]*x509.Certificate, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("securereg: read CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
+	}
+	var all []*x509.Certificate
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // hidden files and Kubernetes' ..data
+		}
+		path := filepath.Join(dir, e.Name())
+		st, err := os.Stat(path) // follows symlinks
+		if err != nil {
+			return nil, fmt.Errorf("securereg: CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
+		}
+		if !st.Mode().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("securereg: CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
+		}
+		certs, err := parseCerts(data)
+		if errors.Is(err, errNoPEM) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("securereg: CA file %q in %s: %w: %w", path, from, err, ErrInvalidConfig)
+		}
+		all = append(all, certs...)
+	}
+	if len(all) == 0 {
+		return nil, fmt.Errorf("securereg: CA directory %q (%s) holds no PEM certificate; put the CA bundle there or use CAFile: %w", dir, from, ErrInvalidConfig)
+	}
+	return all, nil
 }
 
 // loadKeyPair loads and validates a client certificate and key.
@@ -170,65 +432,6 @@ func checkValidity(leaf *x509.Certificate, what string, now time.Time) error {
 	if now.Before(leaf.NotBefore) {
 		return fmt.Errorf("securereg: %s is not valid until %s (NotBefore); check the clock or the issuer: %w",
 			what, leaf.NotBefore.UTC().Format(time.RFC3339), ErrCertExpired)
-	}
-	return nil
-}
-
-// addCAFile adds every certificate in a PEM file to pool.
-func addCAFile(pool *x509.CertPool, path, from string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("securereg: read CA file (%s): %w: %w", from, err, ErrInvalidConfig)
-	}
-	certs, err := parseCerts(data)
-	if err != nil {
-		return fmt.Errorf("securereg: CA file %q (%s): %w: %w", path, from, err, ErrInvalidConfig)
-	}
-	for _, c := range certs {
-		pool.AddCert(c)
-	}
-	return nil
-}
-
-// addCADir adds the certificates of every PEM file directly in dir. Files
-// without any PEM block are skipped; a malformed certificate is an error, and
-// so is a directory that yields no certificate at all.
-func addCADir(pool *x509.CertPool, dir, from string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("securereg: read CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
-	}
-	n := 0
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") {
-			continue // hidden files and Kubernetes' ..data
-		}
-		path := filepath.Join(dir, e.Name())
-		st, err := os.Stat(path) // follows symlinks
-		if err != nil {
-			return fmt.Errorf("securereg: CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
-		}
-		if !st.Mode().IsRegular() {
-			continue
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("securereg: CA directory (%s): %w: %w", from, err, ErrInvalidConfig)
-		}
-		certs, err := parseCerts(data)
-		if errors.Is(err, errNoPEM) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("securereg: CA file %q in %s: %w: %w", path, from, err, ErrInvalidConfig)
-		}
-		for _, c := range certs {
-			pool.AddCert(c)
-		}
-		n += len(certs)
-	}
-	if n == 0 {
-		return fmt.Errorf("securereg: CA directory %q (%s) holds no PEM certificate; put the CA bundle there or use CAFile: %w", dir, from, ErrInvalidConfig)
 	}
 	return nil
 }

@@ -2,12 +2,14 @@ package securereg
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,35 +83,90 @@ func (s *staticToken) Token() (string, error) {
 type fileToken struct {
 	path     string
 	now      func() time.Time
-	interval time.Duration // minimum time between stats of the file
+	interval time.Duration // minimum time between stats when nobody polls
 
-	mu      sync.Mutex // guards the fields below
-	tok     *secret    // last good token; nil before the first good read
-	stat    os.FileInfo
+	// watched > 0 while a registry's reloader polls the file: Token then
+	// does no file I/O at all.
+	watched atomic.Int32
+	cur     atomic.Pointer[tokenSnap] // last good token; nil before the first
+	mu      sync.Mutex                // serialises reads of the file; guards checked
 	checked time.Time
 }
 
+// tokenSnap is a token and the file state it was read from.
+type tokenSnap struct {
+	tok *secret
+	st  os.FileInfo
+}
+
 func (f *fileToken) Token() (string, error) {
+	if f.watched.Load() > 0 {
+		if s := f.cur.Load(); s != nil {
+			return s.tok.reveal(), nil
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.now()
-	if f.tok != nil && now.Sub(f.checked) < f.interval {
-		return f.tok.reveal(), nil
+	if s := f.cur.Load(); s != nil && now.Sub(f.checked) < f.interval {
+		return s.tok.reveal(), nil
 	}
 	f.checked = now
-	st, err := os.Stat(f.path)
-	if err == nil && f.tok != nil && f.stat != nil && sameFile(st, f.stat) {
-		return f.tok.reveal(), nil
-	}
-	tok, st, err := readTokenFile(f.path)
-	if err != nil {
-		if f.tok != nil {
-			return f.tok.reveal(), nil // keep serving the last good token
+	if _, err := f.pollLocked(); err != nil {
+		if s := f.cur.Load(); s != nil {
+			return s.tok.reveal(), nil // keep serving the last good token
 		}
 		return "", err
 	}
-	f.tok, f.stat = tok, st
-	return tok.reveal(), nil
+	return f.cur.Load().tok.reveal(), nil
+}
+
+// poll re-reads the file if its identity, size or modification time
+// changed. It reports whether the token changed. On error the last good
+// token stays.
+func (f *fileToken) poll() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pollLocked()
+}
+
+func (f *fileToken) pollLocked() (bool, error) {
+	cur := f.cur.Load()
+	if st, err := os.Stat(f.path); err == nil && cur != nil && sameFile(st, cur.st) {
+		return false, nil
+	}
+	tok, st, err := readTokenFile(f.path)
+	if err != nil {
+		return false, err
+	}
+	if cur != nil && cur.tok.v == tok.v {
+		f.cur.Store(&tokenSnap{tok: cur.tok, st: st})
+		return false, nil
+	}
+	f.cur.Store(&tokenSnap{tok: tok, st: st})
+	return cur != nil, nil // the first read is not a rotation
+}
+
+// refresh re-reads the file now, whatever its stat says, because Consul
+// has just refused the token. It reports whether the token changed.
+func (f *fileToken) refresh() (changed bool, file string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tok, st, err := readTokenFile(f.path)
+	if err != nil {
+		return false, f.path
+	}
+	cur := f.cur.Load()
+	if cur != nil && cur.tok.v == tok.v {
+		return false, f.path
+	}
+	f.cur.Store(&tokenSnap{tok: tok, st: st})
+	return true, f.path
+}
+
+// refresher is a TokenSource that can re-read its token on demand.
+type refresher interface {
+	refresh() (changed bool, file string)
 }
 
 // sameFile reports whether a and b describe the same unchanged file.
@@ -157,10 +214,13 @@ const tokenHeader = "X-Consul-Token"
 const placeholderToken = "securereg-token-placeholder"
 
 // tokenTransport is an http.RoundTripper that sets X-Consul-Token from a
-// TokenSource. It never sends a token over plain HTTP.
+// TokenSource. It never sends a token over plain HTTP. When Consul answers
+// 403 "ACL not found" and the source can re-read its token, it does so at
+// once and retries the request once if the token changed.
 type tokenTransport struct {
 	base http.RoundTripper // must not be nil
 	src  TokenSource       // nil: send no token
+	sink *eventSink        // nil: no events
 }
 
 func (t *tokenTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -173,23 +233,71 @@ func (t *tokenTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			req = cloneRequest(req)
 			req.Header.Del(tokenHeader)
 		}
+		return t.base.RoundTrip(req)
 	case h != "" && h != placeholderToken:
 		// explicit per-request token: leave it alone
+		return t.base.RoundTrip(req)
 	case t.src == nil:
 		if h != "" {
 			req = cloneRequest(req)
 			req.Header.Del(tokenHeader)
 		}
-	default:
-		tok, err := t.src.Token()
-		if err != nil {
-			closeBody(req)
-			return nil, err
-		}
-		req = cloneRequest(req)
-		req.Header.Set(tokenHeader, tok)
+		return t.base.RoundTrip(req)
 	}
-	return t.base.RoundTrip(req)
+	tok, err := t.src.Token()
+	if err != nil {
+		closeBody(req)
+		return nil, err
+	}
+	out := cloneRequest(req)
+	out.Header.Set(tokenHeader, tok)
+	resp, err := t.base.RoundTrip(out)
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		return resp, err
+	}
+	return t.forbidden(req, resp)
+}
+
+// forbidden handles a 403: it reports the refusal and, for "ACL not found",
+// re-reads the token and retries once if it changed.
+func (t *tokenTransport) forbidden(req *http.Request, resp *http.Response) (*http.Response, error) {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	notFound := bytes.Contains(body, []byte("ACL not found"))
+	if t.sink != nil && (notFound || bytes.Contains(body, []byte("Permission denied"))) {
+		reason := "Consul answered 403 Permission denied: the token's policy lacks a rule"
+		if notFound {
+			reason = "Consul answered 403 ACL not found: the token is unknown, expired or revoked"
+		}
+		t.sink.emit(slog.LevelWarn, "securereg: Consul refused the ACL token", Event{Kind: EventAuthFailed, Err: errors.New(reason)})
+	}
+	rf, ok := t.src.(refresher)
+	if !notFound || !ok || (req.Body != nil && req.GetBody == nil) {
+		return resp, nil
+	}
+	changed, file := rf.refresh()
+	if !changed {
+		return resp, nil
+	}
+	if t.sink != nil {
+		t.sink.emit(slog.LevelInfo, "securereg: ACL token re-read after Consul refused the old one", Event{Kind: EventTokenRotated, File: file})
+	}
+	tok, err := t.src.Token()
+	if err != nil {
+		return resp, nil
+	}
+	retry := cloneRequest(req)
+	if req.Body != nil {
+		if retry.Body, err = req.GetBody(); err != nil {
+			return resp, nil
+		}
+	}
+	retry.Header.Set(tokenHeader, tok)
+	return t.base.RoundTrip(retry)
 }
 
 // cloneRequest returns a shallow copy of r with a deep copy of its headers,

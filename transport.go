@@ -2,8 +2,10 @@ package securereg
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-cleanhttp"
@@ -14,20 +16,58 @@ import (
 // transport keeps Go's default of 2.
 const maxIdleConnsPerHost = 32
 
-// newHTTPClient returns the client that consul/api uses: a pooled
-// keep-alive transport of our own (never http.DefaultTransport) carrying the
-// verified TLS config, then per-request timeouts, then the token.
-func newHTTPClient(c *config) (*http.Client, *http.Transport) {
+// newHTTPClient returns the client that consul/api uses: the token
+// transport, then per-request timeouts, then a swappable pooled keep-alive
+// transport of our own (never http.DefaultTransport) with the verified TLS
+// config.
+func newHTTPClient(c *config, sink *eventSink) (*http.Client, *rotatingTransport) {
+	rt := &rotatingTransport{}
+	var tlsCfg *tls.Config
+	if c.tls != nil {
+		tlsCfg = c.tls.config()
+	}
+	rt.swap(newPooledTransport(tlsCfg))
+	var next http.RoundTripper = rt
+	if c.timeout > 0 {
+		next = &timeoutTransport{base: next, timeout: c.timeout}
+	}
+	return &http.Client{Transport: &tokenTransport{base: next, src: c.tokens, sink: sink}}, rt
+}
+
+// newPooledTransport returns a keep-alive transport for tlsCfg (nil only for
+// plain HTTP in DevMode).
+func newPooledTransport(tlsCfg *tls.Config) *http.Transport {
 	t := cleanhttp.DefaultPooledTransport()
-	t.TLSClientConfig = c.tls // nil only for plain HTTP in DevMode
+	t.TLSClientConfig = tlsCfg
 	t.MaxIdleConnsPerHost = maxIdleConnsPerHost
 	t.ForceAttemptHTTP2 = true // a custom TLS config disables HTTP/2 otherwise
-	var rt http.RoundTripper = t
-	if c.timeout > 0 {
-		rt = &timeoutTransport{base: rt, timeout: c.timeout}
+	return t
+}
+
+// rotatingTransport sends each request through the current transport. When
+// the client certificate or CA changes, the reloader swaps in a transport
+// built from the new TLS config: new requests open new, freshly verified
+// connections, while requests in flight finish on the old ones.
+type rotatingTransport struct {
+	cur atomic.Pointer[http.Transport]
+}
+
+func (r *rotatingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return r.cur.Load().RoundTrip(req)
+}
+
+// swap installs t and closes the idle connections of the one it replaces.
+func (r *rotatingTransport) swap(t *http.Transport) {
+	if old := r.cur.Swap(t); old != nil {
+		old.CloseIdleConnections()
 	}
-	rt = &tokenTransport{base: rt, src: c.tokens}
-	return &http.Client{Transport: rt}, t
+}
+
+// closeIdle closes the idle connections of the current transport.
+func (r *rotatingTransport) closeIdle() {
+	if t := r.cur.Load(); t != nil {
+		t.CloseIdleConnections()
+	}
 }
 
 // timeoutTransport bounds each request by timeout (registry.Timeout). A

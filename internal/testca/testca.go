@@ -29,10 +29,11 @@ type CA struct {
 	key     crypto.Signer
 }
 
-// New returns a CA valid from an hour ago until 24 hours from now.
+// New returns a CA valid from an hour ago until a year from now, well
+// outside securereg's 30-day expiry warning.
 func New(t testing.TB) *CA {
 	t.Helper()
-	return NewWithValidity(t, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	return NewWithValidity(t, time.Now().Add(-time.Hour), time.Now().Add(365*24*time.Hour))
 }
 
 // NewWithValidity returns a CA valid between notBefore and notAfter.
@@ -78,7 +79,7 @@ func (ca *CA) WriteCA(t testing.TB, dir, name string) string {
 }
 
 // Leaf describes a certificate to issue. Zero NotBefore means an hour ago and
-// zero NotAfter means 24 hours from now.
+// zero NotAfter means 90 days from now.
 type Leaf struct {
 	CommonName string
 	DNSNames   []string
@@ -128,7 +129,7 @@ func (ca *CA) Issue(t testing.TB, l Leaf) *Pair {
 		l.NotBefore = time.Now().Add(-time.Hour)
 	}
 	if l.NotAfter.IsZero() {
-		l.NotAfter = time.Now().Add(24 * time.Hour)
+		l.NotAfter = time.Now().Add(90 * 24 * time.Hour)
 	}
 	key := newKey(t)
 	tmpl := &x509.Certificate{
