@@ -2,6 +2,7 @@ package securereg_test
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -161,3 +162,88 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// atomicWrite replaces path the way Vault Agent's file sink does: a temp
+// file in the same directory, then rename.
+func atomicWrite(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	tmp := writeFile(t, filepath.Dir(path), "."+filepath.Base(path)+".tmp", content, mode)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// k8sVolume mimics a Kubernetes secret volume: dir/name -> ..data/name,
+// ..data -> ..<timestamp>/, swapped atomically by renaming a new ..data
+// symlink over the old one.
+type k8sVolume struct {
+	dir string
+	gen int
+}
+
+func newK8sVolume(t *testing.T, files map[string]string) *k8sVolume {
+	t.Helper()
+	v := &k8sVolume{dir: t.TempDir()}
+	v.update(t, files)
+	for name := range files {
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(v.dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return v
+}
+
+func (v *k8sVolume) path(name string) string { return filepath.Join(v.dir, name) }
+
+// update writes a new generation and points ..data at it atomically.
+func (v *k8sVolume) update(t *testing.T, files map[string]string) {
+	t.Helper()
+	v.gen++
+	gen := fmt.Sprintf("..2026_12_04_00_00_%02d.%d", v.gen, v.gen)
+	if err := os.Mkdir(filepath.Join(v.dir, gen), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		writeFile(t, filepath.Join(v.dir, gen), name, content, 0o440) // defaultMode: 0440
+	}
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(gen, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// eventRecorder collects OnEvent calls.
+type eventRecorder struct {
+	mu     sync.Mutex
+	events []securereg.Event
+}
+
+func (e *eventRecorder) record(ev securereg.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, ev)
+}
+
+func (e *eventRecorder) of(kind securereg.EventKind) []securereg.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []securereg.Event
+	for _, ev := range e.events {
+		if ev.Kind == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func (e *eventRecorder) all() []securereg.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]securereg.Event(nil), e.events...)
+}
+
+// noMTLS makes the fixture's fake accept clients without a certificate.
+func noMTLS(c *fakeconsul.Config) { c.ClientCA = nil }

@@ -150,7 +150,7 @@ func TestFileTokenSourceKeepsLastGood(t *testing.T) {
 	}
 	write(internalToken)
 	now := time.Unix(1000, 0)
-	ft := &fileToken{path: path, now: func() time.Time { return now }, interval: time.Second}
+	ft := &fileToken{path: path, now: func() time.Time { return now }, stat: os.Stat, interval: time.Second}
 	tok, err := ft.Token()
 	require.NoError(t, err)
 	assert.Equal(t, internalToken, tok)
@@ -174,7 +174,7 @@ func TestFileTokenSourceKeepsLastGood(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "second-"+internalToken, tok)
 
-	fresh := &fileToken{path: dir + "/missing", now: time.Now, interval: time.Second}
+	fresh := &fileToken{path: dir + "/missing", now: time.Now, stat: os.Stat, interval: time.Second}
 	_, err = fresh.Token()
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), internalToken)

@@ -927,14 +927,18 @@ func TestRedaction(t *testing.T) {
 	r := newRegistry(t, f.opts(securereg.Token(testToken))...)
 	src := securereg.StaticTokenSource(testToken)
 	values := map[string]any{
-		"registry":         r,
-		"options":          r.Options(),
-		"options ptr":      func() *registry.Options { o := r.Options(); return &o }(),
-		"options context":  r.Options().Context,
-		"token option":     securereg.Token(testToken),
-		"static source":    src,
-		"file source":      securereg.FileTokenSource(f.tokenFile),
-		"drop-in registry": securereg.NewRegistry(f.opts(securereg.Token(testToken))...),
+		"registry":        r,
+		"options":         r.Options(),
+		"options ptr":     func() *registry.Options { o := r.Options(); return &o }(),
+		"options context": r.Options().Context,
+		"token option":    securereg.Token(testToken),
+		"static source":   src,
+		"file source":     securereg.FileTokenSource(f.tokenFile),
+		"drop-in registry": func() registry.Registry {
+			dr := securereg.NewRegistry(f.opts(securereg.Token(testToken))...)
+			t.Cleanup(func() { _ = dr.(*securereg.Registry).Close() })
+			return dr
+		}(),
 	}
 	for name, v := range values {
 		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x"} {
@@ -1087,7 +1091,9 @@ func TestConcurrentUse(t *testing.T) {
 	assert.Len(t, got[0].Nodes, 100)
 }
 
-func goroutines(substr string) string {
+// goroutineStacks returns the stacks of the goroutines whose stack
+// mentions substr.
+func goroutineStacks(substr string) []string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
@@ -1096,13 +1102,9 @@ func goroutines(substr string) string {
 			out = append(out, g)
 		}
 	}
-	return strings.Join(out, "\n\n")
+	return out
 }
 
-func countGoroutines(substr string) int {
-	s := goroutines(substr)
-	if s == "" {
-		return 0
-	}
-	return strings.Count(s, "goroutine ")
-}
+func goroutines(substr string) string { return strings.Join(goroutineStacks(substr), "\n\n") }
+
+func countGoroutines(substr string) int { return len(goroutineStacks(substr)) }

@@ -37,7 +37,7 @@ func StaticTokenSource(token string) TokenSource {
 // A file readable by others or writable by the group yields [ErrFileMode];
 // a blank file yields [ErrNoToken].
 func FileTokenSource(path string) TokenSource {
-	return &fileToken{path: path, now: time.Now, interval: time.Second}
+	return &fileToken{path: path, now: time.Now, stat: os.Stat, interval: time.Second}
 }
 
 var (
@@ -83,7 +83,8 @@ func (s *staticToken) Token() (string, error) {
 type fileToken struct {
 	path     string
 	now      func() time.Time
-	interval time.Duration // minimum time between stats when nobody polls
+	stat     func(string) (os.FileInfo, error) // os.Stat; counted in tests
+	interval time.Duration                     // minimum time between stats when nobody polls
 
 	// watched > 0 while a registry's reloader polls the file: Token then
 	// does no file I/O at all.
@@ -132,7 +133,7 @@ func (f *fileToken) poll() (bool, error) {
 
 func (f *fileToken) pollLocked() (bool, error) {
 	cur := f.cur.Load()
-	if st, err := os.Stat(f.path); err == nil && cur != nil && sameFile(st, cur.st) {
+	if st, err := f.stat(f.path); err == nil && cur != nil && sameFile(st, cur.st) {
 		return false, nil
 	}
 	tok, st, err := readTokenFile(f.path)
@@ -169,9 +170,11 @@ type refresher interface {
 	refresh() (changed bool, file string)
 }
 
-// sameFile reports whether a and b describe the same unchanged file.
+// sameFile reports whether a and b describe the same unchanged file: same
+// identity (a rename or a Kubernetes ..data swap changes it), size,
+// modification time and mode (so a chmod is re-checked too).
 func sameFile(a, b os.FileInfo) bool {
-	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime()) && a.Mode() == b.Mode()
 }
 
 // readTokenFile reads and checks a token file. Errors name the path, never

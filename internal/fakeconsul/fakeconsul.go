@@ -38,6 +38,7 @@ type Request struct {
 	Method, Path string
 	Token        string // X-Consul-Token, "" when absent
 	PeerCerts    int    // client certificates presented
+	PeerSerial   string // serial of the client certificate, "" for none
 	Proto        string
 	Query        string // raw query
 }
@@ -101,6 +102,13 @@ func (s *Server) Requests() []Request {
 	return append([]Request(nil), s.requests...)
 }
 
+// Reset forgets the requests seen so far.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests = nil
+}
+
 // SetToken adds, changes or (with role 0) removes a token.
 func (s *Server) SetToken(token string, role Role) {
 	s.mu.Lock()
@@ -117,6 +125,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	req := Request{Method: r.Method, Path: r.URL.Path, Token: tok, Proto: r.Proto, Query: r.URL.RawQuery}
 	if r.TLS != nil {
 		req.PeerCerts = len(r.TLS.PeerCertificates)
+		if req.PeerCerts > 0 {
+			req.PeerSerial = r.TLS.PeerCertificates[0].SerialNumber.String()
+		}
 	}
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
