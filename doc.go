@@ -29,8 +29,14 @@
 // comes from [ClientCert] or CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY. The ACL
 // token comes from [Token], [TokenFile], [Tokens], CONSUL_HTTP_TOKEN_FILE or
 // CONSUL_HTTP_TOKEN, and an http.RoundTripper sends it on every request, the
-// watch's blocking queries included, over TLS only. A token file is re-read
-// when it changes.
+// watch's blocking queries included, over TLS only.
+//
+// Credentials rotate without a restart: a token file, client certificate or
+// CA bundle replaced on disk (by Vault Agent, cert-manager or a Kubernetes
+// secret) is picked up within two seconds by one goroutine per registry,
+// which [Registry.Close] stops; a token Consul no longer knows is re-read and
+// the call retried at once. Certificates close to expiry are logged, and
+// [OnEvent] reports every rotation, failure and expiry.
 //
 // Anything insecure is refused with an error that says how to fix it:
 // [ErrInsecure], [ErrPlaintext], [ErrNoToken], [ErrFileMode],

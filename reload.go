@@ -35,6 +35,8 @@ type reloader struct {
 	within time.Duration // ExpiryWarning
 	now    func() time.Time
 
+	pollEvery, expiryEvery time.Duration // pollInterval, expiryCheckInterval; shorter in tests
+
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
@@ -52,6 +54,8 @@ func newReloader(cfg *config, rt *rotatingTransport, sink *eventSink) *reloader 
 		rt:           rt,
 		within:       cfg.expiry,
 		now:          time.Now,
+		pollEvery:    pollInterval,
+		expiryEvery:  expiryCheckInterval,
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
 		failingSince: map[string]time.Time{},
@@ -96,9 +100,9 @@ func (r *reloader) close() {
 
 func (r *reloader) run() {
 	defer close(r.done)
-	poll := time.NewTicker(pollInterval)
+	poll := time.NewTicker(r.pollEvery)
 	defer poll.Stop()
-	expiry := time.NewTicker(expiryCheckInterval)
+	expiry := time.NewTicker(r.expiryEvery)
 	defer expiry.Stop()
 	for {
 		select {

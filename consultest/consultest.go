@@ -312,6 +312,24 @@ func (s *Server) TokenFor(t testing.TB, service string) string {
 	return tok.SecretID
 }
 
+// RevokeToken deletes the token with this SecretID from Consul, as an
+// operator revoking a leaked or rotated-out token would. Calls made with it
+// then get 403 "ACL not found".
+func (s *Server) RevokeToken(t testing.TB, secretID string) {
+	t.Helper()
+	c, err := s.apiClient(secretID)
+	if err != nil {
+		t.Fatalf("consultest: revoke token: %v", err)
+	}
+	self, _, err := c.ACL().TokenReadSelf(nil)
+	if err != nil {
+		t.Fatalf("consultest: revoke token: read it: %v", err)
+	}
+	if _, err := s.APIClient(t).ACL().TokenDelete(self.AccessorID, nil); err != nil {
+		t.Fatalf("consultest: revoke token %s: %v", self.AccessorID, err)
+	}
+}
+
 // Policy returns the least-privilege ACL rules (HCL) for a go-micro service
 // registering as service and discovering others: the minimum measured for
 // the plugin's calls against Consul 1.16.1.
