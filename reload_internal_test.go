@@ -103,3 +103,30 @@ func TestEventSinkRecoversPanics(t *testing.T) {
 	assert.NotPanics(t, func() { s.emit(slog.LevelInfo, "x", Event{Kind: EventCertRotated}) })
 	assert.Contains(t, logs.String(), "OnEvent callback panicked")
 }
+
+// BenchmarkFileToken measures Token on the request path: watched (a
+// registry's reloader polls the file) against a FileTokenSource on its own.
+func BenchmarkFileToken(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "token")
+	require.NoError(b, os.WriteFile(path, []byte(internalToken), 0o600))
+	for _, watched := range []bool{true, false} {
+		name := "unwatched"
+		if watched {
+			name = "watched"
+		}
+		b.Run(name, func(b *testing.B) {
+			ft := FileTokenSource(path).(*fileToken)
+			if watched {
+				ft.watched.Add(1)
+			}
+			_, err := ft.Token()
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := ft.Token(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
