@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go-micro.dev/v4/registry"
 )
 
 const internalToken = "TOKEN-internal-never-print-me"
@@ -182,4 +183,48 @@ func TestFileTokenSourceKeepsLastGood(t *testing.T) {
 
 func writePrivate(path, s string) error {
 	return os.WriteFile(path, []byte(s), 0o600)
+}
+
+func TestDiffServices(t *testing.T) {
+	node := func(id string) *registry.Node { return &registry.Node{Id: id} }
+	svc := func(version string, nodes ...string) *registry.Service {
+		s := &registry.Service{Name: "greeter", Version: version}
+		for _, n := range nodes {
+			s.Nodes = append(s.Nodes, node(n))
+		}
+		return s
+	}
+	type ev struct {
+		action, version string
+		nodes           []string
+	}
+	tests := []struct {
+		name     string
+		old, new []*registry.Service
+		want     []ev
+	}{
+		{"first sight", nil, []*registry.Service{svc("1", "a")}, []ev{{"create", "1", []string{"a"}}}},
+		{"node added", []*registry.Service{svc("1", "a")}, []*registry.Service{svc("1", "a", "b")}, []ev{{"update", "1", []string{"a", "b"}}}},
+		{"node removed", []*registry.Service{svc("1", "a", "b")}, []*registry.Service{svc("1", "a")},
+			[]ev{{"delete", "1", []string{"b"}}, {"update", "1", []string{"a"}}}},
+		{"new version next to old", []*registry.Service{svc("1", "a")}, []*registry.Service{svc("1", "a"), svc("2", "b")},
+			[]ev{{"update", "1", []string{"a"}}, {"create", "2", []string{"b"}}}},
+		{"version gone", []*registry.Service{svc("1", "a"), svc("2", "b")}, []*registry.Service{svc("2", "b")},
+			[]ev{{"update", "2", []string{"b"}}, {"delete", "1", []string{"a"}}}},
+		{"all gone", []*registry.Service{svc("1", "a")}, nil, []ev{{"delete", "1", []string{"a"}}}},
+		{"nothing", nil, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []ev
+			for _, r := range diffServices(tt.old, tt.new) {
+				var ids []string
+				for _, n := range r.Service.Nodes {
+					ids = append(ids, n.Id)
+				}
+				got = append(got, ev{r.Action, r.Service.Version, ids})
+			}
+			assert.Equal(t, tt.want, got)
+		})
+	}
 }

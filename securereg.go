@@ -82,7 +82,7 @@ type Registry struct {
 	st       *state // current working configuration; nil if none validated yet
 	err      error  // why st is nil
 	closed   bool
-	watchers map[*watcher]struct{}
+	watchers map[*svcWatcher]struct{}
 	devWarn  sync.Once
 }
 
@@ -90,6 +90,7 @@ type Registry struct {
 type state struct {
 	cfg      *config
 	inner    registry.Registry // go-micro's Consul plugin, on our HTTP client
+	api      *api.Client       // consul/api on the same HTTP client, for watches and checks
 	rt       *rotatingTransport
 	reloader *reloader // nil when there is nothing to watch
 }
@@ -120,7 +121,7 @@ func New(opts ...registry.Option) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{opts: o, st: st, watchers: make(map[*watcher]struct{})}
+	r := &Registry{opts: o, st: st, watchers: make(map[*svcWatcher]struct{})}
 	r.warnDevMode(st.cfg)
 	return r, nil
 }
@@ -141,7 +142,7 @@ func NewRegistry(opts ...registry.Option) registry.Registry {
 		logger = slog.Default()
 	}
 	logger.Error("securereg: registry disabled by configuration error; every call will fail", "error", err)
-	return &Registry{opts: o, err: err, watchers: make(map[*watcher]struct{})}
+	return &Registry{opts: o, err: err, watchers: make(map[*svcWatcher]struct{})}
 }
 
 func newState(o registry.Options) (*state, error) {
@@ -170,8 +171,13 @@ func newState(o registry.Options) (*state, error) {
 	// and no Timeout (our timeoutTransport spares blocking queries).
 	po := o
 	po.Addrs, po.Secure, po.TLSConfig, po.Timeout = nil, false, nil, 0
-	inner := consul.NewRegistry(func(x *registry.Options) { *x = po }, consul.Config(&ac))
-	st := &state{cfg: cfg, inner: inner, rt: rt}
+	pluginCfg, apiCfg := ac, ac
+	inner := consul.NewRegistry(func(x *registry.Options) { *x = po }, consul.Config(&pluginCfg))
+	apiClient, err := api.NewClient(&apiCfg)
+	if err != nil {
+		return nil, fmt.Errorf("securereg: consul client: %w: %w", err, ErrInvalidConfig)
+	}
+	st := &state{cfg: cfg, inner: inner, api: apiClient, rt: rt}
 	if rl := newReloader(cfg, rt, sink); rl.needed() {
 		st.reloader = rl
 		rl.start()
@@ -310,27 +316,37 @@ func (r *Registry) ListServices(opts ...registry.ListOption) ([]*registry.Servic
 	return svcs, wrapErr(st, "list services", err)
 }
 
-// Watch returns a watcher of service changes, using Consul blocking queries.
-// Stop it when done; [Registry.Close] stops any still running.
+// Watch returns a watcher of one service's changes (registry.WatchService
+// is required, as with the plugin), driven by Consul blocking queries. Its
+// results are the plugin's: create, update and delete per version. Stop it
+// when done; [Registry.Close] stops any still running.
 func (r *Registry) Watch(opts ...registry.WatchOption) (registry.Watcher, error) {
 	st, err := r.current()
 	if err != nil {
 		return nil, err
 	}
-	w, err := st.inner.Watch(opts...)
-	if err != nil {
-		return nil, wrapErr(st, "watch", err)
+	var wo registry.WatchOptions
+	for _, o := range opts {
+		o(&wo)
 	}
-	sw := &watcher{r: r, st: st, w: w}
+	if wo.Service == "" {
+		return nil, fmt.Errorf("securereg: watch: name the service with registry.WatchService; watching every service is not supported: %w", ErrInvalidConfig)
+	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.closed {
-		r.mu.Unlock()
-		w.Stop()
 		return nil, errClosed()
 	}
-	r.watchers[sw] = struct{}{}
-	r.mu.Unlock()
-	return sw, nil
+	w := newSvcWatcher(r, st, wo.Service)
+	r.watchers[w] = struct{}{}
+	return w, nil
+}
+
+// forget drops a stopped watcher.
+func (r *Registry) forget(w *svcWatcher) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.watchers, w)
 }
 
 // String returns "consul", as the plugin does, so go-micro's
@@ -358,37 +374,12 @@ func (r *Registry) Close() error {
 	st := r.st
 	r.mu.Unlock()
 	for w := range ws {
-		w.w.Stop()
+		w.Stop()
 	}
 	if st != nil {
 		st.close()
 	}
 	return nil
-}
-
-// watcher wraps the plugin's watcher so Close can stop it.
-type watcher struct {
-	r    *Registry
-	st   *state
-	w    registry.Watcher
-	once sync.Once
-}
-
-func (w *watcher) Next() (*registry.Result, error) {
-	res, err := w.w.Next()
-	if err != nil && !errors.Is(err, registry.ErrWatcherStopped) {
-		return nil, wrapErr(w.st, "watch", err)
-	}
-	return res, err
-}
-
-func (w *watcher) Stop() {
-	w.once.Do(func() {
-		w.w.Stop()
-		w.r.mu.Lock()
-		delete(w.r.watchers, w)
-		w.r.mu.Unlock()
-	})
 }
 
 // checkService refuses input the plugin would panic on.

@@ -1048,11 +1048,11 @@ func TestCloseStopsWatchers(t *testing.T) {
 		_, err := r.Watch(registry.WatchService("greeter"))
 		require.NoError(t, err)
 	}
-	require.Eventually(t, func() bool { return countGoroutines("consul/api/watch") > 0 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return countGoroutines("securereg.(*svcWatcher).run") > 0 }, 5*time.Second, 10*time.Millisecond,
 		"watch goroutines should be running")
 	require.NoError(t, r.Close())
-	require.Eventually(t, func() bool { return countGoroutines("consul/api/watch") == 0 }, 5*time.Second, 10*time.Millisecond,
-		"watch goroutines still running after Close:\n%s", goroutines("consul/api/watch"))
+	require.Eventually(t, func() bool { return countGoroutines("securereg.(*svcWatcher).run") == 0 }, 5*time.Second, 10*time.Millisecond,
+		"watch goroutines still running after Close:\n%s", goroutines("securereg.(*svcWatcher).run"))
 }
 
 func TestConcurrentUse(t *testing.T) {
@@ -1108,3 +1108,27 @@ func goroutineStacks(substr string) []string {
 func goroutines(substr string) string { return strings.Join(goroutineStacks(substr), "\n\n") }
 
 func countGoroutines(substr string) int { return len(goroutineStacks(substr)) }
+
+// TestWatchStopRightAway is the regression test for consul/api's watch.Plan,
+// which the plugin's watcher uses: stopped before its first query started,
+// it panicked in its own goroutine and took the process down.
+func TestWatchStopRightAway(t *testing.T) {
+	f := newFixture(t)
+	r := newRegistry(t, f.opts()...)
+	for range 200 {
+		w, err := r.Watch(registry.WatchService("greeter"))
+		require.NoError(t, err)
+		w.Stop()
+		_, err = w.Next()
+		require.ErrorIs(t, err, registry.ErrWatcherStopped)
+	}
+	for range 20 {
+		r2, err := securereg.New(f.opts()...)
+		require.NoError(t, err)
+		_, err = r2.Watch(registry.WatchService("greeter"))
+		require.NoError(t, err)
+		require.NoError(t, r2.Close())
+	}
+	_, err := r.Watch()
+	assert.ErrorIs(t, err, securereg.ErrInvalidConfig, "a service name is required")
+}

@@ -185,24 +185,30 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && strings.HasPrefix(path, "/v1/health/service/"):
 		name := strings.TrimPrefix(path, "/v1/health/service/")
 		s.block(r)
-		var out []*api.ServiceEntry
-		if !anonymous {
-			out = s.entries(name)
+		out, idx := s.entries(name)
+		if anonymous {
+			out = nil
 		}
-		s.writeJSON(w, out)
+		writeJSON(w, idx, out)
 	case r.Method == http.MethodGet && strings.HasPrefix(path, "/v1/health/checks/"):
-		s.writeJSON(w, []*api.HealthCheck{})
+		s.mu.Lock()
+		idx := s.index
+		s.mu.Unlock()
+		writeJSON(w, idx, []*api.HealthCheck{})
 	case r.Method == http.MethodGet && path == "/v1/catalog/services":
 		s.block(r)
 		out := map[string][]string{}
+		// The index and the data are read under one lock, so a response
+		// never pairs old data with a newer index.
+		s.mu.Lock()
+		idx := s.index
 		if !anonymous {
-			s.mu.Lock()
 			for _, reg := range s.services {
 				out[reg.Name] = reg.Tags
 			}
-			s.mu.Unlock()
 		}
-		s.writeJSON(w, out)
+		s.mu.Unlock()
+		writeJSON(w, idx, out)
 	default:
 		http.Error(w, "fakeconsul: unsupported "+r.Method+" "+path, http.StatusNotFound)
 	}
@@ -239,7 +245,8 @@ func (s *Server) block(r *http.Request) {
 	}
 }
 
-func (s *Server) entries(name string) []*api.ServiceEntry {
+// entries returns the service's entries and the index they belong to.
+func (s *Server) entries(name string) ([]*api.ServiceEntry, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []*api.ServiceEntry
@@ -256,13 +263,10 @@ func (s *Server) entries(name string) []*api.ServiceEntry {
 			Checks: api.HealthChecks{},
 		})
 	}
-	return out
+	return out, s.index
 }
 
-func (s *Server) writeJSON(w http.ResponseWriter, v any) {
-	s.mu.Lock()
-	idx := s.index
-	s.mu.Unlock()
+func writeJSON(w http.ResponseWriter, idx uint64, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Consul-Index", strconv.FormatUint(idx, 10))
 	w.Header().Set("X-Consul-Knownleader", "true")
