@@ -27,17 +27,18 @@ const pluginConfigKey = "consul_config"
 
 // config is the validated result of options plus environment.
 type config struct {
-	dev      bool
-	scheme   string      // "https", or "http" in DevMode only
-	addrs    []string    // host:port, at least one
-	tls      *tlsState   // nil for plain HTTP (DevMode only)
-	tokens   TokenSource // nil only in DevMode
-	consul   *api.Config // copy of a caller's consul.Config, or nil
-	timeout  time.Duration
-	logger   *slog.Logger
-	onEvent  func(Event)   // nil: none
-	expiry   time.Duration // warn when a certificate expires within this
-	warnings []string      // DevMode relaxations, logged once
+	dev       bool
+	scheme    string      // "https", or "http" in DevMode only
+	addrs     []string    // host:port, at least one
+	tls       *tlsState   // nil for plain HTTP (DevMode only)
+	tokens    TokenSource // nil only in DevMode
+	tokenFrom string      // where the token comes from, for reports
+	consul    *api.Config // copy of a caller's consul.Config, or nil
+	timeout   time.Duration
+	logger    *slog.Logger
+	onEvent   func(Event)   // nil: none
+	expiry    time.Duration // warn when a certificate expires within this
+	warnings  []string      // DevMode relaxations, logged once
 }
 
 // applyOptions applies opts to fresh Options. Secure starts true so that an
@@ -312,6 +313,7 @@ func resolveToken(c *config, ctx context.Context, getenv func(string) string) er
 	if src == nil {
 		if c.dev {
 			c.warnings = append(c.warnings, "no ACL token configured")
+			c.tokenFrom = "nowhere (DevMode)"
 			return nil
 		}
 		return fmt.Errorf("securereg: no Consul ACL token: set %s (preferred) or %s, or use the TokenFile or Token option; with ACLs in default-deny mode every call would fail: %w",
@@ -320,7 +322,7 @@ func resolveToken(c *config, ctx context.Context, getenv func(string) string) er
 	if _, err := src.Token(); err != nil {
 		return fmt.Errorf("securereg: ACL token from %s: %w", from, stripPrefix(err))
 	}
-	c.tokens = src
+	c.tokens, c.tokenFrom = src, from
 	return nil
 }
 

@@ -91,6 +91,7 @@ type state struct {
 	cfg      *config
 	inner    registry.Registry // go-micro's Consul plugin, on our HTTP client
 	api      *api.Client       // consul/api on the same HTTP client, for watches and checks
+	client   *http.Client      // the HTTP client both use
 	rt       *rotatingTransport
 	reloader *reloader // nil when there is nothing to watch
 }
@@ -177,7 +178,7 @@ func newState(o registry.Options) (*state, error) {
 	if err != nil {
 		return nil, fmt.Errorf("securereg: consul client: %w: %w", err, ErrInvalidConfig)
 	}
-	st := &state{cfg: cfg, inner: inner, api: apiClient, rt: rt}
+	st := &state{cfg: cfg, inner: inner, api: apiClient, client: client, rt: rt}
 	if rl := newReloader(cfg, rt, sink); rl.needed() {
 		st.reloader = rl
 		rl.start()
