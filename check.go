@@ -266,10 +266,8 @@ func checkMTLS(ctx context.Context, rep *Report, st *state, addr string, cfg *tl
 	name := "mtls " + addr
 	bare := cfg.Clone()
 	bare.Certificates, bare.GetClientCertificate = nil, nil
-	conn, err := (&tls.Dialer{Config: bare}).DialContext(ctx, "tcp", addr)
-	if err == nil {
-		var ok bool
-		ok, err = httpProbe(ctx, conn, bare.ServerName)
+	if conn, err := (&tls.Dialer{Config: bare}).DialContext(ctx, "tcp", addr); err == nil {
+		ok, _ := httpProbe(ctx, conn, bare.ServerName) // any failure means refused
 		_ = conn.Close()
 		if ok {
 			rep.add(name, CheckWarn, "Consul answered a client without a certificate: verify_incoming is off for HTTPS; set tls.https.verify_incoming = true")
