@@ -34,8 +34,8 @@ check-log:
 
 ## integration: only the real-Consul tests, on CONSUL_TEST_BACKEND (container or binary; empty picks one)
 integration: consul image-if-docker
-	CONSUL_TEST_BACKEND=$(CONSUL_TEST_BACKEND) $(GO) test -race -count=1 -v -run 'TestIntegration|TestServerIsSecured|TestRestart|Example' \
-		. ./consultest/ 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' || true
+	CONSUL_TEST_BACKEND=$(CONSUL_TEST_BACKEND) $(GO) test -race -count=1 -v -run 'TestIntegration|TestServerIsSecured|TestRestart|TestCheckAgainstConsul|Example' \
+		. ./consultest/ ./cmd/... 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' || true
 	@$(MAKE) --no-print-directory check-log
 
 ## unit: quick run without the race detector

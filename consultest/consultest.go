@@ -293,11 +293,15 @@ func (s *Server) apiClient(token string) (*api.Client, error) {
 // It returns the token's SecretID.
 func (s *Server) TokenFor(t testing.TB, service string) string {
 	t.Helper()
+	rules, err := securereg.ACLPolicy(service, nil)
+	if err != nil {
+		t.Fatalf("consultest: %v", err)
+	}
 	c := s.APIClient(t)
 	pol, _, err := c.ACL().PolicyCreate(&api.ACLPolicy{
 		Name:        "securereg-" + service + "-" + uuid(t)[:8],
 		Description: "least privilege for go-micro service " + service,
-		Rules:       Policy(service),
+		Rules:       rules,
 	}, nil)
 	if err != nil {
 		t.Fatalf("consultest: create policy for %q: %v", service, err)
@@ -332,18 +336,14 @@ func (s *Server) RevokeToken(t testing.TB, secretID string) {
 
 // Policy returns the least-privilege ACL rules (HCL) for a go-micro service
 // registering as service and discovering others: the minimum measured for
-// the plugin's calls against Consul 1.16.1.
+// the plugin's calls against Consul 1.16.1. It is [securereg.ACLPolicy]
+// with every service discoverable.
 func Policy(service string) string {
-	return fmt.Sprintf(`service %q {
-  policy = "write"
-}
-node_prefix "" {
-  policy = "read"
-}
-service_prefix "" {
-  policy = "read"
-}
-`, service)
+	p, err := securereg.ACLPolicy(service, nil)
+	if err != nil {
+		return fmt.Sprintf("# %v\n", err)
+	}
+	return p
 }
 
 // WriteTokenFile writes token to a new 0600 file in the server's directory
