@@ -2,6 +2,7 @@ package consultest
 
 import (
 	"fmt"
+	"github.com/securereg/securereg/internal/agent"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,7 +67,7 @@ func TestChooseBackend(t *testing.T) {
 }
 
 func TestAgentConfigIsSecure(t *testing.T) {
-	b, err := agentConfig("/c", "/d", "127.0.0.1", agentPorts{HTTP: -1, HTTPS: 8501, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfLAN: 8301, SerfWAN: -1, Server: 8300}, "m", "a")
+	b, err := agent.Config("/c", "/d", "127.0.0.1", agent.Ports{HTTP: -1, HTTPS: 8501, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfLAN: 8301, SerfWAN: -1, Server: 8300}, "m", "a")
 	if err != nil {
 		t.Fatal(err)
 	}

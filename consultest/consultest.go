@@ -22,20 +22,15 @@ package consultest
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/securereg/securereg"
-	"github.com/securereg/securereg/internal/testca"
+	"github.com/securereg/securereg/internal/agent"
 	"go-micro.dev/v4/registry"
 )
 
@@ -64,7 +59,7 @@ const (
 
 // ServerName is the name in the server certificate that Consul's own
 // verify_server_hostname expects for datacenter dc1.
-const ServerName = "server.dc1.consul"
+const ServerName = agent.ServerName
 
 // Server is a running Consul agent in server mode. Its fields are set by
 // Start and must not be changed.
@@ -86,7 +81,7 @@ type Server struct {
 	// Dir is the temporary directory holding the certificates and config.
 	Dir string
 
-	ca      *testca.CA
+	ag      *agent.Agent
 	run     runner
 	mu      sync.Mutex // guards stopped
 	stopped bool
@@ -163,32 +158,25 @@ func Start(t testing.TB, opts ...Option) *Server {
 		unavailable(t, reason)
 	}
 
-	srv := &Server{ServerName: ServerName, Backend: backend, Dir: t.TempDir()}
-	srv.ManagementToken = uuid(t)
-	agentToken := srv.ManagementToken
-	srv.ca = testca.New(t)
-	srv.CAFile = srv.ca.WriteCA(t, srv.Dir, "consul-agent-ca.pem")
-	srv.ca.Issue(t, testca.Leaf{
-		CommonName: ServerName,
-		DNSNames:   []string{ServerName, "localhost"},
-		IPs:        []net.IP{net.IPv4(127, 0, 0, 1)},
-		Server:     true,
-		Client:     true, // Consul servers dial each other with it
-	}).Write(t, srv.Dir, "dc1-server-consul-0")
-	srv.ClientCertFile, srv.ClientKeyFile = srv.ca.Client(t, "client.dc1.consul").Write(t, srv.Dir, "dc1-client-consul-0")
+	ag, err := agent.Prepare(t.TempDir())
+	if err != nil {
+		t.Fatalf("consultest: %v", err)
+	}
+	srv := &Server{ServerName: ag.ServerName, Backend: backend, Dir: ag.Dir, CAFile: ag.CAFile,
+		ClientCertFile: ag.ClientCertFile, ClientKeyFile: ag.ClientKeyFile, ManagementToken: ag.ManagementToken, ag: ag}
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	var err error
 	switch backend {
 	case BackendContainer:
-		srv.run, err = newContainer(t, srv, &s, agentToken)
+		srv.run, err = newContainer(t, ag, &s)
 	default:
-		srv.run, err = newBinary(t, srv, &s, agentToken)
+		srv.run, err = newBinaryRunner(ag, &s)
 	}
 	if err != nil {
 		t.Fatalf("consultest: %s backend: %v", backend, err)
 	}
+	srv.Addr, srv.PlainAddr = ag.Addr, ag.PlainAddr
 	t.Cleanup(func() {
 		tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer tcancel()
@@ -200,7 +188,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	if err := srv.run.start(ctx); err != nil {
 		t.Fatalf("consultest: start Consul (%s backend): %v\n%s", backend, err, srv.run.logs())
 	}
-	if err := srv.waitReady(ctx); err != nil {
+	if err := ag.WaitReady(ctx); err != nil {
 		t.Fatalf("consultest: Consul (%s backend) not ready: %v\n%s", backend, err, srv.run.logs())
 	}
 	t.Logf("consultest: Consul 1.16.1 ready at https://%s (%s backend) in %s", srv.Addr, backend, time.Since(began).Round(time.Millisecond))
@@ -225,7 +213,7 @@ func chooseBackend(s *settings) (string, string) {
 		}
 		return BackendContainer, ""
 	case BackendBinary:
-		bin, err := findBinary(s.binary)
+		bin, err := agent.FindBinary(s.binary)
 		if err != nil {
 			return "", fmt.Sprintf("consultest: %s=binary but %v", EnvBackend, err)
 		}
@@ -239,7 +227,7 @@ func chooseBackend(s *settings) (string, string) {
 	if dockerErr == nil {
 		return BackendContainer, ""
 	}
-	bin, binErr := findBinary(s.binary)
+	bin, binErr := agent.FindBinary(s.binary)
 	if binErr == nil {
 		s.binary = bin
 		return BackendBinary, ""
@@ -267,25 +255,11 @@ func (s *Server) Options() []registry.Option {
 // mTLS, for setting up test state.
 func (s *Server) APIClient(t testing.TB) *api.Client {
 	t.Helper()
-	c, err := s.apiClient(s.ManagementToken)
+	c, err := s.ag.Client(s.ManagementToken)
 	if err != nil {
 		t.Fatalf("consultest: api client: %v", err)
 	}
 	return c
-}
-
-func (s *Server) apiClient(token string) (*api.Client, error) {
-	tlsCfg, err := securereg.NewTLSConfig(append(s.Options(), securereg.Token(token))...)
-	if err != nil {
-		return nil, err
-	}
-	tr := &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4}
-	return api.NewClient(&api.Config{
-		Address:    s.Addr,
-		Scheme:     "https",
-		Token:      token,
-		HttpClient: &http.Client{Transport: tr, Timeout: 30 * time.Second},
-	})
 }
 
 // TokenFor mints a least-privilege token for a go-micro service: write on
@@ -293,27 +267,11 @@ func (s *Server) apiClient(token string) (*api.Client, error) {
 // It returns the token's SecretID.
 func (s *Server) TokenFor(t testing.TB, service string) string {
 	t.Helper()
-	rules, err := securereg.ACLPolicy(service, nil)
+	tok, err := s.ag.MintToken(service)
 	if err != nil {
 		t.Fatalf("consultest: %v", err)
 	}
-	c := s.APIClient(t)
-	pol, _, err := c.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:        "securereg-" + service + "-" + uuid(t)[:8],
-		Description: "least privilege for go-micro service " + service,
-		Rules:       rules,
-	}, nil)
-	if err != nil {
-		t.Fatalf("consultest: create policy for %q: %v", service, err)
-	}
-	tok, _, err := c.ACL().TokenCreate(&api.ACLToken{
-		Description: "securereg test token for " + service,
-		Policies:    []*api.ACLTokenPolicyLink{{ID: pol.ID}},
-	}, nil)
-	if err != nil {
-		t.Fatalf("consultest: create token for %q: %v", service, err)
-	}
-	return tok.SecretID
+	return tok
 }
 
 // RevokeToken deletes the token with this SecretID from Consul, as an
@@ -321,16 +279,8 @@ func (s *Server) TokenFor(t testing.TB, service string) string {
 // then get 403 "ACL not found".
 func (s *Server) RevokeToken(t testing.TB, secretID string) {
 	t.Helper()
-	c, err := s.apiClient(secretID)
-	if err != nil {
+	if err := s.ag.RevokeToken(secretID); err != nil {
 		t.Fatalf("consultest: revoke token: %v", err)
-	}
-	self, _, err := c.ACL().TokenReadSelf(nil)
-	if err != nil {
-		t.Fatalf("consultest: revoke token: read it: %v", err)
-	}
-	if _, err := s.APIClient(t).ACL().TokenDelete(self.AccessorID, nil); err != nil {
-		t.Fatalf("consultest: revoke token %s: %v", self.AccessorID, err)
 	}
 }
 
@@ -350,18 +300,11 @@ func Policy(service string) string {
 // and returns its path.
 func (s *Server) WriteTokenFile(t testing.TB, token string) string {
 	t.Helper()
-	f, err := os.CreateTemp(s.Dir, "token-*")
+	p, err := s.ag.WriteTokenFile(token)
 	if err != nil {
 		t.Fatalf("consultest: token file: %v", err)
 	}
-	defer f.Close()
-	if err := f.Chmod(0o600); err != nil {
-		t.Fatalf("consultest: token file: %v", err)
-	}
-	if _, err := f.WriteString(token + "\n"); err != nil {
-		t.Fatalf("consultest: token file: %v", err)
-	}
-	return f.Name()
+	return p
 }
 
 // Stop stops the agent, keeping its data, so that clients see it down. It
@@ -395,85 +338,24 @@ func (s *Server) Restart() error {
 		return fmt.Errorf("consultest: restart: %w\n%s", err, s.run.logs())
 	}
 	s.stopped = false
-	if err := s.waitReady(ctx); err != nil {
+	if err := s.ag.WaitReady(ctx); err != nil {
 		return fmt.Errorf("consultest: not ready after restart: %w\n%s", err, s.run.logs())
 	}
 	return nil
 }
 
-// waitReady polls until there is a leader and the management token reads
-// itself over mTLS.
-func (s *Server) waitReady(ctx context.Context) error {
-	c, err := s.apiClient(s.ManagementToken)
+// binaryRunner adapts agent.Binary to the runner interface.
+type binaryRunner struct{ *agent.Binary }
+
+func newBinaryRunner(ag *agent.Agent, s *settings) (runner, error) {
+	b, err := agent.NewBinary(ag, s.binary, s.plain)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var last error
-	for {
-		leader, err := c.Status().Leader()
-		if err == nil && leader != "" {
-			if _, _, err = c.ACL().TokenReadSelf(nil); err == nil {
-				return nil
-			}
-		}
-		if err == nil {
-			err = fmt.Errorf("no leader yet")
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return binaryRunner{b}, nil
 }
 
-// freePort returns a TCP port that was free on 127.0.0.1 a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// uuid returns a random UUIDv4, the format Consul wants for token IDs.
-func uuid(t testing.TB) string {
-	t.Helper()
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatalf("consultest: random: %v", err)
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
-
-// moduleRoot returns the nearest directory at or above the working
-// directory that holds a go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (b binaryRunner) start(ctx context.Context) error     { return b.Start(ctx) }
+func (b binaryRunner) stop(ctx context.Context) error      { return b.Stop(ctx) }
+func (b binaryRunner) terminate(ctx context.Context) error { return b.Stop(ctx) }
+func (b binaryRunner) logs() string                        { return b.Logs() }

@@ -16,6 +16,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
+	"github.com/securereg/securereg/internal/agent"
 	"github.com/testcontainers/testcontainers-go"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -84,11 +85,11 @@ type dockerRunner struct {
 	ctr *testcontainers.DockerContainer
 }
 
-func newContainer(t testing.TB, srv *Server, s *settings, agentToken string) (runner, error) {
-	ports := agentPorts{HTTP: -1, HTTPS: 8501, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfLAN: 8301, SerfWAN: -1, Server: 8300}
+func newContainer(t testing.TB, ag *agent.Agent, s *settings) (runner, error) {
+	ports := agent.Ports{HTTP: -1, HTTPS: 8501, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfLAN: 8301, SerfWAN: -1, Server: 8300}
 	// Fixed host ports on loopback, chosen now, so the address survives
 	// Restart (Docker would pick new random ones).
-	httpsPort, err := freePort()
+	httpsPort, err := agent.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -101,22 +102,22 @@ func newContainer(t testing.TB, srv *Server, s *settings, agentToken string) (ru
 		},
 		exposed: []string{containerHTTPS},
 	}
-	srv.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpsPort))
+	ag.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpsPort))
 	if s.plain {
 		ports.HTTP = 8500
-		plainPort, err := freePort()
+		plainPort, err := agent.FreePort()
 		if err != nil {
 			return nil, err
 		}
 		r.bindings[network.MustParsePort(containerHTTP)] = []network.PortBinding{{HostIP: loopback, HostPort: strconv.Itoa(plainPort)}}
 		r.exposed = append(r.exposed, containerHTTP)
-		srv.PlainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(plainPort))
+		ag.PlainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(plainPort))
 	}
-	cfg, err := agentConfig(containerConfigDir, containerDataDir, "0.0.0.0", ports, srv.ManagementToken, agentToken)
+	cfg, err := agent.Config(containerConfigDir, containerDataDir, "0.0.0.0", ports, ag.ManagementToken, ag.AgentToken)
 	if err != nil {
 		return nil, err
 	}
-	cfgFile := filepath.Join(srv.Dir, "consul.json")
+	cfgFile := filepath.Join(ag.Dir, "consul.json")
 	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
 		return nil, err
 	}
@@ -130,7 +131,7 @@ func newContainer(t testing.TB, srv *Server, s *settings, agentToken string) (ru
 		{"dc1-server-consul-0.key", 0o600},
 	} {
 		r.files = append(r.files, testcontainers.ContainerFile{
-			HostFilePath:      filepath.Join(srv.Dir, f.name),
+			HostFilePath:      filepath.Join(ag.Dir, f.name),
 			ContainerFilePath: containerConfigDir + "/" + f.name,
 			FileMode:          f.mode,
 		})
@@ -200,5 +201,5 @@ func (r *dockerRunner) logs() string {
 	}
 	defer rc.Close()
 	b, _ := io.ReadAll(rc)
-	return tail(string(b), 40)
+	return agent.Tail(string(b), 40)
 }

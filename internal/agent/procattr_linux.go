@@ -1,12 +1,12 @@
-package consultest
+package agent
 
 import (
 	"os/exec"
 	"syscall"
 )
 
-// setPdeathsig makes the kernel kill consul when the test binary dies, even
+// SetPdeathsig makes the kernel kill consul when the test binary dies, even
 // by SIGKILL, so no agent outlives a crashed or timed-out test.
-func setPdeathsig(cmd *exec.Cmd) {
+func SetPdeathsig(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

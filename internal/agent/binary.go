@@ -1,4 +1,4 @@
-package consultest
+package agent
 
 import (
 	"bytes"
@@ -13,16 +13,15 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
-// findBinary returns the consul binary to run: explicit (CONSUL_BIN or
-// WithBinary), else consul on PATH, else bin/consul at the module root.
-func findBinary(explicit string) (string, error) {
+// FindBinary returns the consul binary to run: explicit (CONSUL_BIN), else
+// consul on PATH, else bin/consul at the module root.
+func FindBinary(explicit string) (string, error) {
 	if explicit != "" {
 		if _, err := os.Stat(explicit); err != nil {
-			return "", fmt.Errorf("%s: %w", EnvBinary, err)
+			return "", fmt.Errorf("CONSUL_BIN: %w", err)
 		}
 		return explicit, nil
 	}
@@ -40,8 +39,8 @@ func findBinary(explicit string) (string, error) {
 	return p, nil
 }
 
-// binary runs consul as a child process.
-type binary struct {
+// Binary runs consul as a child process.
+type Binary struct {
 	path, configDir string
 	out             *syncBuffer
 
@@ -50,44 +49,48 @@ type binary struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-func newBinary(t testing.TB, srv *Server, s *settings, agentToken string) (runner, error) {
-	ports := agentPorts{HTTP: -1, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfWAN: -1}
+// NewBinary prepares to run the consul binary at path for a: random free
+// loopback ports (plus a plain-HTTP one when plain is set), a config and
+// a data directory under a.Dir. It sets a.Addr and a.PlainAddr.
+func NewBinary(a *Agent, path string, plain bool) (*Binary, error) {
+	ports := Ports{HTTP: -1, DNS: -1, GRPC: -1, GRPCTLS: -1, SerfWAN: -1}
 	var err error
 	for _, p := range []*int{&ports.HTTPS, &ports.SerfLAN, &ports.Server} {
-		if *p, err = freePort(); err != nil {
+		if *p, err = FreePort(); err != nil {
 			return nil, err
 		}
 	}
-	if s.plain {
-		if ports.HTTP, err = freePort(); err != nil {
+	if plain {
+		if ports.HTTP, err = FreePort(); err != nil {
 			return nil, err
 		}
-		srv.PlainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTP))
+		a.PlainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTP))
 	}
-	srv.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTPS))
-	dataDir := filepath.Join(srv.Dir, "data")
-	configDir := filepath.Join(srv.Dir, "config")
+	a.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTPS))
+	dataDir := filepath.Join(a.Dir, "data")
+	configDir := filepath.Join(a.Dir, "config")
 	for _, d := range []string{dataDir, configDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
 	}
-	cfg, err := agentConfig(srv.Dir, dataDir, "127.0.0.1", ports, srv.ManagementToken, agentToken)
+	cfg, err := Config(a.Dir, dataDir, "127.0.0.1", ports, a.ManagementToken, a.AgentToken)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(configDir, "consul.json"), cfg, 0o600); err != nil {
 		return nil, err
 	}
-	return &binary{path: s.binary, configDir: configDir, out: &syncBuffer{}}, nil
+	return &Binary{path: path, configDir: configDir, out: &syncBuffer{}}, nil
 }
 
-func (b *binary) start(ctx context.Context) error {
+// Start starts the agent; it does not wait for it to be ready.
+func (b *Binary) Start(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cmd := exec.Command(b.path, "agent", "-config-dir="+b.configDir)
 	cmd.Stdout, cmd.Stderr = b.out, b.out
-	setPdeathsig(cmd) // no consul outlives the test binary
+	SetPdeathsig(cmd) // no consul outlives the test binary
 	// Pdeathsig fires when the thread that forked the child exits, so
 	// fork from a locked thread that lives exactly as long as the child.
 	started := make(chan error, 1)
@@ -109,7 +112,8 @@ func (b *binary) start(ctx context.Context) error {
 	return nil
 }
 
-func (b *binary) stop(ctx context.Context) error {
+// Stop stops the agent (SIGTERM, then SIGKILL after 10 s) and waits for it.
+func (b *Binary) Stop(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cmd == nil {
@@ -140,9 +144,8 @@ func (b *binary) stop(ctx context.Context) error {
 	return nil
 }
 
-func (b *binary) terminate(ctx context.Context) error { return b.stop(ctx) }
-
-func (b *binary) logs() string { return tail(b.out.String(), 40) }
+// Logs returns the agent's last output lines.
+func (b *Binary) Logs() string { return Tail(b.out.String(), 40) }
 
 // syncBuffer collects the agent's output.
 type syncBuffer struct {
@@ -160,4 +163,23 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// moduleRoot returns the nearest directory at or above the working
+// directory that holds a go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
 }

@@ -1,12 +1,12 @@
-package consultest
+package agent
 
 import (
 	"encoding/json"
 	"path/filepath"
 )
 
-// agentPorts are the agent's listeners; -1 disables one.
-type agentPorts struct {
+// Ports are the agent's listeners; -1 disables one.
+type Ports struct {
 	HTTP    int `json:"http"`
 	HTTPS   int `json:"https"`
 	DNS     int `json:"dns"`
@@ -17,11 +17,11 @@ type agentPorts struct {
 	Server  int `json:"server"`
 }
 
-// agentConfig renders the agent's JSON configuration: a single server for
+// Config renders the agent's JSON configuration: a single server for
 // dc1 with HTTPS only (unless plain is set), verify_incoming,
 // verify_server_hostname, TLS 1.2 minimum and ACLs in default-deny mode.
 // certDir and dataDir are paths as the agent sees them.
-func agentConfig(certDir, dataDir, clientAddr string, ports agentPorts, managementToken, agentToken string) ([]byte, error) {
+func Config(certDir, dataDir, clientAddr string, ports Ports, managementToken, agentToken string) ([]byte, error) {
 	cfg := map[string]any{
 		"datacenter":           "dc1",
 		"node_name":            "consultest",
