@@ -14,7 +14,7 @@ CONSUL_IMAGE ?= securereg/consul:1.16.1
 export CONSUL_TEST_IMAGE ?= $(CONSUL_IMAGE)
 CONSUL_TEST_BACKEND ?=
 
-.PHONY: all test check-log integration unit vet lint fmt fmt-check clean consul consul-image image-if-docker
+.PHONY: all demo test check-log integration unit vet lint fmt fmt-check clean consul consul-image image-if-docker
 
 all: lint test
 
@@ -34,9 +34,13 @@ check-log:
 
 ## integration: only the real-Consul tests, on CONSUL_TEST_BACKEND (container or binary; empty picks one)
 integration: consul image-if-docker
-	CONSUL_TEST_BACKEND=$(CONSUL_TEST_BACKEND) $(GO) test -race -count=1 -v -run 'TestIntegration|TestServerIsSecured|TestRestart|TestCheckAgainstConsul|Example' \
-		. ./consultest/ ./cmd/... 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' || true
+	CONSUL_TEST_BACKEND=$(CONSUL_TEST_BACKEND) $(GO) test -race -count=1 -v -run 'TestIntegration|TestServerIsSecured|TestRestart|TestCheckAgainstConsul|TestGreeter|Example' \
+		. ./consultest/ ./cmd/... ./examples/... 2>&1 | tee $(TESTLOG) | grep -E '^(---|ok|FAIL|PASS|panic)|consultest: ' || true
 	@$(MAKE) --no-print-directory check-log
+
+## demo: one command for the whole story: a secured Consul, a go-micro greeter, a preflight check, refused attacks
+demo: consul
+	$(GO) run ./internal/demo
 
 ## unit: quick run without the race detector
 unit:
