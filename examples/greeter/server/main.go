@@ -32,7 +32,7 @@ func main() {
 	service := micro.NewService(
 		micro.Name("greeter"),
 		micro.Address(addr),
-		micro.Broker(broker.NewMemoryBroker()), // this example does not publish
+		micro.Broker(broker.NewMemoryBroker()),  // this example does not publish
 		micro.Registry(securereg.NewRegistry()), // was: consul.NewRegistry()
 	)
 	service.Init()
