@@ -104,3 +104,17 @@ func TestIntegrationCheck(t *testing.T) {
 		assert.Equal(t, securereg.CheckPass, rep.Status())
 	})
 }
+
+// TestCheckWarnsWithoutVerifyIncoming runs Check against a fake Consul that
+// does not require client certificates.
+func TestCheckWarnsWithoutVerifyIncoming(t *testing.T) {
+	f := newFixture(t, noMTLS)
+	rep, err := securereg.Check(context.Background(), f.opts()...)
+	require.NoError(t, err)
+	c := checkNamed(t, rep, "mtls ")
+	assert.Equal(t, securereg.CheckWarn, c.Status)
+	assert.Contains(t, c.Detail, "verify_incoming is off")
+	assert.Equal(t, securereg.CheckPass, checkNamed(t, rep, "tls ").Status)
+	out, _ := json.Marshal(rep)
+	assertNoSecrets(t, "report", string(out))
+}
