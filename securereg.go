@@ -92,6 +92,8 @@ type state struct {
 	inner    registry.Registry // go-micro's Consul plugin, on our HTTP client
 	api      *api.Client       // consul/api on the same HTTP client, for watches and checks
 	client   *http.Client      // the HTTP client both use
+	query    *api.QueryOptions // the plugin's: AllowStale unless told otherwise; read-only
+	connect  bool              // consul.Connect(): look up Connect-capable instances
 	rt       *rotatingTransport
 	reloader *reloader // nil when there is nothing to watch
 }
@@ -178,7 +180,18 @@ func newState(o registry.Options) (*state, error) {
 	if err != nil {
 		return nil, fmt.Errorf("securereg: consul client: %w: %w", err, ErrInvalidConfig)
 	}
-	st := &state{cfg: cfg, inner: inner, api: apiClient, client: client, rt: rt}
+	st := &state{cfg: cfg, inner: inner, api: apiClient, client: client, rt: rt, query: &api.QueryOptions{AllowStale: true}}
+	// The plugin's own query settings, read from the same context keys
+	// (consul.QueryOptions, consul.AllowStale, consul.Connect), copied so
+	// the caller's value is never changed.
+	if q, ok := lookup[*api.QueryOptions](o.Context, "consul_query_options"); ok && q != nil {
+		cp := *q
+		st.query = &cp
+	}
+	if stale, ok := lookup[bool](o.Context, "consul_allow_stale"); ok {
+		st.query.AllowStale = stale
+	}
+	st.connect, _ = lookup[bool](o.Context, "consul_connect")
 	if rl := newReloader(cfg, rt, sink); rl.needed() {
 		st.reloader = rl
 		rl.start()
@@ -297,14 +310,36 @@ func (r *Registry) Deregister(s *registry.Service, opts ...registry.DeregisterOp
 	return wrapErr(st, fmt.Sprintf("deregister %q", s.Name), st.inner.Deregister(s, opts...))
 }
 
-// GetService returns the healthy nodes of a service, grouped by version.
+// GetService returns the healthy nodes of a service, grouped by version,
+// exactly as the plugin decodes them, but with each distinct tag decoded
+// once and cached.
 func (r *Registry) GetService(name string, opts ...registry.GetOption) ([]*registry.Service, error) {
 	st, err := r.current()
 	if err != nil {
 		return nil, err
 	}
-	svcs, err := st.inner.GetService(name, opts...)
+	svcs, err := st.getService(name)
 	return svcs, wrapErr(st, fmt.Sprintf("get service %q", name), err)
+}
+
+// getService looks the service up with the given query options (nil: the
+// registry's).
+func (s *state) getService(name string) ([]*registry.Service, error) {
+	return s.getServiceQ(name, s.query)
+}
+
+func (s *state) getServiceQ(name string, q *api.QueryOptions) ([]*registry.Service, error) {
+	var entries []*api.ServiceEntry
+	var err error
+	if s.connect {
+		entries, _, err = s.api.Health().Connect(name, "", false, q)
+	} else {
+		entries, _, err = s.api.Health().Service(name, "", false, q)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return tags.services(name, entries), nil
 }
 
 // ListServices returns the names of all services in the catalog.

@@ -3,6 +3,7 @@ package securereg
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sync"
 	"time"
 
@@ -87,36 +88,50 @@ func (w *svcWatcher) run() {
 			}
 		}
 	)
+	var last []*api.ServiceEntry
+	first := true
 	for !stopped() {
-		q := (&api.QueryOptions{AllowStale: true, WaitIndex: index, WaitTime: watchWait}).WithContext(w.ctx)
-		_, meta, err := health.Service(w.name, "", false, q)
+		q := *w.st.query
+		q.WaitIndex, q.WaitTime = index, watchWait
+		var entries []*api.ServiceEntry
+		var meta *api.QueryMeta
+		var err error
+		if w.st.connect {
+			entries, meta, err = health.Connect(w.name, "", false, q.WithContext(w.ctx))
+		} else {
+			entries, meta, err = health.Service(w.name, "", false, q.WithContext(w.ctx))
+		}
 		if err == nil {
-			var svcs []*registry.Service
-			// Decode exactly as the plugin's GetService does, so
-			// watch results and lookups always agree.
-			svcs, err = w.st.inner.GetService(w.name)
-			if err == nil {
-				if failing {
-					logger.Info("securereg: watch recovered", "service", w.name)
-					failing = false
-				}
-				backoff = watchMinBackoff
-				switch {
-				case meta.LastIndex < index:
-					index = 0 // Consul's index went backwards (e.g. a restore): start over
-				default:
-					index = meta.LastIndex
-				}
-				for _, res := range diffServices(known, svcs) {
-					select {
-					case w.next <- res:
-					case <-w.ctx.Done():
-						return
-					}
-				}
-				known = svcs
+			if failing {
+				logger.Info("securereg: watch recovered", "service", w.name)
+				failing = false
+			}
+			backoff = watchMinBackoff
+			// Like consul/api's watch.Plan: an unchanged index or
+			// unchanged data (a timeout, a change elsewhere) is no
+			// event.
+			unchanged := !first && (meta.LastIndex == index || reflect.DeepEqual(last, entries))
+			if meta.LastIndex < index {
+				index = 0 // Consul's index went backwards (e.g. a restore): start over
+			} else {
+				index = meta.LastIndex
+			}
+			if unchanged {
 				continue
 			}
+			first, last = false, entries
+			// Decoded exactly as GetService decodes, so watch
+			// results and lookups always agree.
+			svcs := tags.services(w.name, entries)
+			for _, res := range diffServices(known, svcs) {
+				select {
+				case w.next <- res:
+				case <-w.ctx.Done():
+					return
+				}
+			}
+			known = svcs
+			continue
 		}
 		if stopped() || errors.Is(err, context.Canceled) {
 			return
