@@ -217,7 +217,9 @@ const tokenHeader = "X-Consul-Token"
 const placeholderToken = "securereg-token-placeholder"
 
 // tokenTransport is an http.RoundTripper that sets X-Consul-Token from a
-// TokenSource. It never sends a token over plain HTTP. When Consul answers
+// TokenSource. It never sends a token over plain HTTP. It is not a
+// general-purpose RoundTripper: it only serves requests built for one use
+// by consul/api or securereg, whose placeholder token it replaces in place. When Consul answers
 // 403 "ACL not found" and the source can re-read its token, it does so at
 // once and retries the request once if the token changed.
 type tokenTransport struct {
@@ -252,9 +254,17 @@ func (t *tokenTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
-	out := cloneRequest(req)
-	out.Header.Set(tokenHeader, tok)
-	resp, err := t.base.RoundTrip(out)
+	// The requests that reach this transport are built for one use by
+	// consul/api (a fresh header map per request, see api.Client.Headers)
+	// or by securereg itself, and carry our placeholder: swapping the
+	// value in place is safe and costs no allocation, where cloning the
+	// request, as a general-purpose RoundTripper must, costs several.
+	if vals := req.Header[tokenHeader]; len(vals) == 1 && vals[0] == placeholderToken {
+		vals[0] = tok
+	} else {
+		req.Header.Set(tokenHeader, tok)
+	}
+	resp, err := t.base.RoundTrip(req)
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		return resp, err
 	}
