@@ -14,7 +14,7 @@ CONSUL_IMAGE ?= securereg/consul:1.16.1
 export CONSUL_TEST_IMAGE ?= $(CONSUL_IMAGE)
 CONSUL_TEST_BACKEND ?=
 
-.PHONY: all demo test check-log integration unit vet lint fmt fmt-check clean consul consul-image image-if-docker
+.PHONY: all bench bench-smoke demo test check-log integration unit vet lint fmt fmt-check clean consul consul-image image-if-docker
 
 all: lint test
 
@@ -41,6 +41,16 @@ integration: consul image-if-docker
 ## demo: one command for the whole story: a secured Consul, a go-micro greeter, a preflight check, refused attacks
 demo: consul
 	$(GO) run ./internal/demo
+
+## bench: securereg against the stock plugin and raw consul/api, side by side on one Consul; then the micro-benchmarks
+bench: consul
+	$(GO) run ./bench
+	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchmem -count 1 .
+
+## bench-smoke: the same, briefly, to show it runs (CI); it asserts no speed
+bench-smoke: consul
+	$(GO) run ./bench -smoke
+	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchtime 100x .
 
 ## unit: quick run without the race detector
 unit:

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/securereg/securereg/internal/testca"
 	"go-micro.dev/v4/registry"
 )
@@ -135,12 +134,18 @@ func BenchmarkDecode(b *testing.B) {
 		})...)
 		return append(t, pluginEncodeVersion("latest")...)
 	}
-	var entries []*api.ServiceEntry
+	var entries []*healthEntry
 	for i := range 5 {
-		entries = append(entries, &api.ServiceEntry{
-			Node:    &api.Node{Address: "10.0.0.1"},
-			Service: &api.AgentService{ID: "greeter-" + string(rune('a'+i)), Service: "greeter", Port: 9000 + i, Tags: tagsOf(i)},
-		})
+		e := &healthEntry{}
+		e.Node = &struct{ Address string }{Address: "10.0.0.1"}
+		e.Service = &struct {
+			ID      string
+			Service string
+			Tags    []string
+			Address string
+			Port    int
+		}{ID: "greeter-" + string(rune('a'+i)), Service: "greeter", Port: 9000 + i, Tags: tagsOf(i)}
+		entries = append(entries, e)
 	}
 	b.Run("plugin", func(b *testing.B) {
 		b.ReportAllocs()
@@ -160,4 +165,3 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	})
 }
-

@@ -170,10 +170,42 @@ func (d *tagDecoder) metadata(tags []string) map[string]string {
 	return md
 }
 
+// healthEntry is the part of a /v1/health/service answer that go-micro
+// uses. Decoding into it instead of api.ServiceEntry skips the fields
+// nobody reads (node and service meta, tagged addresses, check
+// definitions...), which is most of the client's CPU for a lookup.
+type healthEntry struct {
+	Node *struct {
+		Address string
+	}
+	Service *struct {
+		ID      string
+		Service string
+		Tags    []string
+		Address string
+		Port    int
+	}
+	Checks []struct {
+		Status string
+	}
+}
+
+// healthQuery asks /v1/health/service/<name> (or /v1/health/connect/) with
+// q, through consul/api so its query options and headers apply.
+func healthQuery(c *api.Client, name string, connect bool, q *api.QueryOptions) ([]*healthEntry, *api.QueryMeta, error) {
+	path := "/v1/health/service/"
+	if connect {
+		path = "/v1/health/connect/"
+	}
+	var out []*healthEntry
+	meta, err := c.Raw().Query(path+name, &out, q)
+	return out, meta, err
+}
+
 // services turns health entries into go-micro services exactly as the
 // plugin's GetService does: grouped by version, nodes with a critical check
 // left out, the node address used when the service has none.
-func (d *tagDecoder) services(name string, entries []*api.ServiceEntry) []*registry.Service {
+func (d *tagDecoder) services(name string, entries []*healthEntry) []*registry.Service {
 	var order []string
 	byVersion := map[string]*registry.Service{}
 	for _, e := range entries {
@@ -190,7 +222,7 @@ func (d *tagDecoder) services(name string, entries []*api.ServiceEntry) []*regis
 		}
 		critical := false
 		for _, c := range e.Checks {
-			if c.Status == "critical" {
+			if c.Status == api.HealthCritical {
 				critical = true
 				break
 			}

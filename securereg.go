@@ -329,13 +329,7 @@ func (s *state) getService(name string) ([]*registry.Service, error) {
 }
 
 func (s *state) getServiceQ(name string, q *api.QueryOptions) ([]*registry.Service, error) {
-	var entries []*api.ServiceEntry
-	var err error
-	if s.connect {
-		entries, _, err = s.api.Health().Connect(name, "", false, q)
-	} else {
-		entries, _, err = s.api.Health().Service(name, "", false, q)
-	}
+	entries, _, err := healthQuery(s.api, name, s.connect, q)
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"go-micro.dev/v4/registry"
 	regutil "go-micro.dev/v4/util/registry"
 )
@@ -75,7 +74,6 @@ func (w *svcWatcher) run() {
 		backoff  = watchMinBackoff
 		failing  bool
 		logger   = w.st.cfg.logger
-		health   = w.st.api.Health()
 		stopped  = func() bool { return w.ctx.Err() != nil }
 		sleepFor = func(d time.Duration) bool {
 			t := time.NewTimer(d)
@@ -88,19 +86,12 @@ func (w *svcWatcher) run() {
 			}
 		}
 	)
-	var last []*api.ServiceEntry
+	var last []*healthEntry
 	first := true
 	for !stopped() {
 		q := *w.st.query
 		q.WaitIndex, q.WaitTime = index, watchWait
-		var entries []*api.ServiceEntry
-		var meta *api.QueryMeta
-		var err error
-		if w.st.connect {
-			entries, meta, err = health.Connect(w.name, "", false, q.WithContext(w.ctx))
-		} else {
-			entries, meta, err = health.Service(w.name, "", false, q.WithContext(w.ctx))
-		}
+		entries, meta, err := healthQuery(w.st.api, w.name, w.st.connect, q.WithContext(w.ctx))
 		if err == nil {
 			if failing {
 				logger.Info("securereg: watch recovered", "service", w.name)
