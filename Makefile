@@ -45,12 +45,12 @@ demo: consul
 ## bench: securereg against the stock plugin and raw consul/api, side by side on one Consul; then the micro-benchmarks
 bench: consul
 	$(GO) run ./bench
-	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchmem -count 1 .
+	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkTokenTransportHTTPTest$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchmem -count 1 .
 
 ## bench-smoke: the same, briefly, to show it runs (CI); it asserts no speed
 bench-smoke: consul
 	$(GO) run ./bench -smoke
-	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchtime 100x .
+	$(GO) test -run '^$$' -bench 'BenchmarkTokenTransport$$|BenchmarkTokenTransportHTTPTest$$|BenchmarkNew$$|BenchmarkDecode$$|BenchmarkFileToken$$' -benchtime 100x .
 
 ## unit: quick run without the race detector
 unit:
