@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -1131,4 +1132,32 @@ func TestWatchStopRightAway(t *testing.T) {
 	}
 	_, err := r.Watch()
 	assert.ErrorIs(t, err, securereg.ErrInvalidConfig, "a service name is required")
+}
+
+func TestFailover(t *testing.T) {
+	f := newFixture(t)
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadAddr := down.Addr().String()
+	require.NoError(t, down.Close()) // nothing listens there now
+
+	r := newRegistry(t, f.opts(registry.Addrs(deadAddr, f.fake.Addr))...)
+	assert.Equal(t, []string{deadAddr, f.fake.Addr}, r.Options().Addrs)
+	for range 3 {
+		_, err := r.GetService("greeter")
+		require.NoError(t, err, "the second address answers")
+	}
+	require.NoError(t, r.Register(testService("greeter", "g1")), "writes fail over too")
+	assert.Contains(t, f.logs.String(), "failed over")
+	assert.Equal(t, 1, strings.Count(f.logs.String(), "failed over"), "then it stays on the address that works")
+	for _, req := range f.fake.Requests() {
+		assert.Equal(t, testToken, req.Token)
+	}
+
+	t.Run("no address answers", func(t *testing.T) {
+		r := newRegistry(t, f.opts(registry.Addrs(deadAddr, deadAddr))...)
+		_, err := r.GetService("greeter")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "connection refused")
+	})
 }

@@ -17,9 +17,9 @@ import (
 const maxIdleConnsPerHost = 32
 
 // newHTTPClient returns the client that consul/api uses: the token
-// transport, then per-request timeouts, then a swappable pooled keep-alive
-// transport of our own (never http.DefaultTransport) with the verified TLS
-// config.
+// transport, then per-request timeouts, then failover between addresses,
+// then a swappable pooled keep-alive transport of our own (never
+// http.DefaultTransport) with the verified TLS config.
 func newHTTPClient(c *config, sink *eventSink) (*http.Client, *rotatingTransport) {
 	rt := &rotatingTransport{}
 	var tlsCfg *tls.Config
@@ -28,6 +28,9 @@ func newHTTPClient(c *config, sink *eventSink) (*http.Client, *rotatingTransport
 	}
 	rt.swap(newPooledTransport(tlsCfg))
 	var next http.RoundTripper = rt
+	if len(c.addrs) > 1 {
+		next = &failoverTransport{base: next, addrs: c.addrs, logger: c.logger}
+	}
 	if c.timeout > 0 {
 		next = &timeoutTransport{base: next, timeout: c.timeout}
 	}
