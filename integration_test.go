@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -356,4 +357,31 @@ func norm(s *registry.Service) {
 			e.Metadata = nil
 		}
 	}
+}
+
+// TestIntegrationFailoverAndRestart: a dead first address is skipped, and a
+// registry recovers by itself when Consul comes back after a restart.
+func TestIntegrationFailoverAndRestart(t *testing.T) {
+	clearEnv(t)
+	srv := consultest.Start(t)
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := down.Addr().String()
+	require.NoError(t, down.Close())
+
+	r, _ := leastPrivilege(t, srv, "greeter", registry.Addrs(dead, srv.Addr))
+	require.NoError(t, r.Register(testService("greeter", "greeter-1")))
+	got, err := r.GetService("greeter")
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+
+	require.NoError(t, srv.Stop())
+	_, err = r.GetService("greeter")
+	require.Error(t, err, "no address answers while Consul is down")
+
+	require.NoError(t, srv.Restart())
+	require.Eventually(t, func() bool {
+		got, err := r.GetService("greeter")
+		return err == nil && len(got) == 1
+	}, 30*time.Second, 200*time.Millisecond, "the registry recovers after Consul restarts")
 }
