@@ -49,7 +49,16 @@
 // The token is kept in a type that formats as [redacted]: it never appears in
 // an error, a log line, or %v/%+v/%#v of the registry or its options.
 //
-// The registry logic itself (service encoding in tags, checks, watches) is
-// the plugin's, run on securereg's HTTP client, so services registered by
-// either library see each other.
+// [Check] (and the securereg CLI's check command) verifies a deployment
+// against the live Consul: TLS chain and names, certificate expiry, enforced
+// client certificates, the token and its least privilege ([ACLPolicy] prints
+// one), and a plain-HTTP listener left open.
+//
+// Registration is the plugin's own code, run on securereg's HTTP client.
+// Lookups and watches are securereg's: each distinct tag of the plugin's
+// encoding is decoded once and cached, with results identical to the
+// plugin's, so services registered by either library see each other; a
+// lookup costs less client CPU than raw consul/api. Watches use Consul
+// blocking queries. With several addresses, a registry fails over to the
+// next one that accepts a connection.
 package securereg
