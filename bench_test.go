@@ -36,12 +36,16 @@ func BenchmarkGetService(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tr := cleanhttp.DefaultPooledTransport()
-	tr.TLSClientConfig = tlsCfg
-	tr.ForceAttemptHTTP2 = true
-	raw, err := api.NewClient(&api.Config{Address: srv.Addr, Scheme: "https", Token: tok, HttpClient: &http.Client{Transport: tr}})
-	if err != nil {
-		b.Fatal(err)
+	rawClient := func(gzip bool) *api.Client {
+		tr := cleanhttp.DefaultPooledTransport()
+		tr.TLSClientConfig = tlsCfg
+		tr.ForceAttemptHTTP2 = true
+		tr.DisableCompression = !gzip
+		c, err := api.NewClient(&api.Config{Address: srv.Addr, Scheme: "https", Token: tok, HttpClient: &http.Client{Transport: tr}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
 	}
 	b.Run("securereg", func(b *testing.B) {
 		b.ReportAllocs()
@@ -51,39 +55,24 @@ func BenchmarkGetService(b *testing.B) {
 			}
 		}
 	})
-	tr2 := cleanhttp.DefaultPooledTransport()
-	tr2.TLSClientConfig = tlsCfg
-	tr2.ForceAttemptHTTP2 = true
-	tr2.DisableCompression = true
-	raw2, err := api.NewClient(&api.Config{Address: srv.Addr, Scheme: "https", Token: tok, HttpClient: &http.Client{Transport: tr2}})
-	if err != nil {
-		b.Fatal(err)
+	// Raw consul/api as users set it up, and with each of the levers
+	// securereg could pull: no gzip, the agent cache.
+	for _, rc := range []struct {
+		name string
+		c    *api.Client
+		q    *api.QueryOptions
+	}{
+		{"raw-api", rawClient(true), &api.QueryOptions{AllowStale: true}},
+		{"raw-api-nogzip", rawClient(false), &api.QueryOptions{AllowStale: true}},
+		{"raw-api-cached", rawClient(true), &api.QueryOptions{AllowStale: true, UseCache: true}},
+	} {
+		b.Run(rc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := rc.c.Health().Service("bench", "", false, rc.q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
-	b.Run("raw-api-nogzip", func(b *testing.B) {
-		b.ReportAllocs()
-		q := &api.QueryOptions{AllowStale: true}
-		for b.Loop() {
-			if _, _, err := raw2.Health().Service("bench", "", false, q); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("raw-api-cached", func(b *testing.B) {
-		b.ReportAllocs()
-		q := &api.QueryOptions{AllowStale: true, UseCache: true}
-		for b.Loop() {
-			if _, _, err := raw.Health().Service("bench", "", false, q); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("raw-api", func(b *testing.B) {
-		b.ReportAllocs()
-		q := &api.QueryOptions{AllowStale: true}
-		for b.Loop() {
-			if _, _, err := raw.Health().Service("bench", "", false, q); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
 }

@@ -227,9 +227,9 @@ func checkTLS(ctx context.Context, rep *Report, st *state, addr string) {
 	cs := conn.(*tls.Conn).ConnectionState()
 	// With TLS 1.3 a server that rejects the client certificate says so
 	// only after the handshake: make one request to find out.
-	ok, probeErr := httpProbe(dctx, conn, host)
+	_, _, probeErr := probeLeader(dctx, conn, host)
 	_ = conn.Close()
-	if !ok {
+	if probeErr != nil {
 		rep.add(name, CheckFail, "%s", wrapErr(st, "request to "+addr, probeErr))
 		return
 	}
@@ -267,9 +267,9 @@ func checkMTLS(ctx context.Context, rep *Report, st *state, addr string, cfg *tl
 	bare := cfg.Clone()
 	bare.Certificates, bare.GetClientCertificate = nil, nil
 	if conn, err := (&tls.Dialer{Config: bare}).DialContext(ctx, "tcp", addr); err == nil {
-		ok, _ := httpProbe(ctx, conn, bare.ServerName) // any failure means refused
+		_, _, err := probeLeader(ctx, conn, bare.ServerName) // any failure means refused
 		_ = conn.Close()
-		if ok {
+		if err == nil {
 			rep.add(name, CheckWarn, "Consul answered a client without a certificate: verify_incoming is off for HTTPS; set tls.https.verify_incoming = true")
 			return
 		}
@@ -285,21 +285,23 @@ func checkMTLS(ctx context.Context, rep *Report, st *state, addr string, cfg *tl
 	rep.add(name, CheckPass, "%s", detail)
 }
 
-// httpProbe sends GET /v1/status/leader on conn and reports whether an
-// HTTP response came back.
-func httpProbe(ctx context.Context, conn net.Conn, host string) (bool, error) {
+// probeLeader sends GET /v1/status/leader on conn, without a token, and
+// returns the answer's status line and the start of its body. An error
+// means no HTTP answer came back.
+func probeLeader(ctx context.Context, conn net.Conn, host string) (status string, body []byte, err error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
 	if _, err := io.WriteString(conn, "GET /v1/status/leader HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"); err != nil {
-		return false, err
+		return "", nil, err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
-		return false, err
+		return "", nil, err
 	}
-	_ = resp.Body.Close()
-	return true, nil
+	defer resp.Body.Close()
+	body, _ = io.ReadAll(io.LimitReader(resp.Body, 512))
+	return resp.Status, body, nil
 }
 
 func sanList(c *x509.Certificate) string {
@@ -501,19 +503,10 @@ func checkPlaintextPort(ctx context.Context, rep *Report, addr, plainPort string
 		return
 	}
 	defer conn.Close()
-	if dl, ok := dctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	// No token: a plain request must never carry one.
-	if _, err := io.WriteString(conn, "GET /v1/status/leader HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"); err == nil {
-		if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-			_ = resp.Body.Close()
-			if !bytes.Contains(body, []byte("HTTP request to an HTTPS server")) {
-				rep.add(name, CheckWarn, "the agent also serves plain HTTP on %s (answered %s): anyone on the network can read or forge that traffic; set ports.http = -1", target, resp.Status)
-				return
-			}
-		}
+	status, body, err := probeLeader(dctx, conn, host)
+	if err == nil && !bytes.Contains(body, []byte("HTTP request to an HTTPS server")) {
+		rep.add(name, CheckWarn, "the agent also serves plain HTTP on %s (answered %s): anyone on the network can read or forge that traffic; set ports.http = -1", target, status)
+		return
 	}
 	rep.add(name, CheckPass, "port %s is open but does not answer plain HTTP", plainPort)
 }

@@ -31,18 +31,16 @@ func (f *failoverTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	for i := int32(0); i < n; i++ {
 		idx := (start + i) % n
 		r := req
-		if i > 0 {
-			if req.Body != nil && req.Body != http.NoBody {
-				if req.GetBody == nil {
-					return nil, lastErr
-				}
-				body, err := req.GetBody()
-				if err != nil {
-					return nil, lastErr
-				}
-				r = cloneRequest(req)
-				r.Body = body
+		if i > 0 && req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, lastErr
 			}
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, lastErr
+			}
+			r = cloneRequest(req)
+			r.Body = body
 		}
 		if addr := f.addrs[idx]; req.URL.Host != addr {
 			if r == req {

@@ -322,14 +322,9 @@ func (r *Registry) GetService(name string, opts ...registry.GetOption) ([]*regis
 	return svcs, wrapErr(st, fmt.Sprintf("get service %q", name), err)
 }
 
-// getService looks the service up with the given query options (nil: the
-// registry's).
+// getService looks the service up with the registry's query options.
 func (s *state) getService(name string) ([]*registry.Service, error) {
-	return s.getServiceQ(name, s.query)
-}
-
-func (s *state) getServiceQ(name string, q *api.QueryOptions) ([]*registry.Service, error) {
-	entries, _, err := healthQuery(s.api, name, s.connect, q)
+	entries, _, err := healthQuery(s.api, name, s.connect, s.query)
 	if err != nil {
 		return nil, err
 	}

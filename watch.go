@@ -92,49 +92,48 @@ func (w *svcWatcher) run() {
 		q := *w.st.query
 		q.WaitIndex, q.WaitTime = index, watchWait
 		entries, meta, err := healthQuery(w.st.api, w.name, w.st.connect, q.WithContext(w.ctx))
-		if err == nil {
-			if failing {
-				logger.Info("securereg: watch recovered", "service", w.name)
-				failing = false
+		if err != nil {
+			if stopped() || errors.Is(err, context.Canceled) {
+				return
 			}
-			backoff = watchMinBackoff
-			// Like consul/api's watch.Plan: an unchanged index or
-			// unchanged data (a timeout, a change elsewhere) is no
-			// event.
-			unchanged := !first && (meta.LastIndex == index || reflect.DeepEqual(last, entries))
-			if meta.LastIndex < index {
-				index = 0 // Consul's index went backwards (e.g. a restore): start over
-			} else {
-				index = meta.LastIndex
+			if !failing {
+				logger.Warn("securereg: watch failed; retrying with backoff", "service", w.name, "error", wrapErr(w.st, "watch "+w.name, err).Error())
+				failing = true
 			}
-			if unchanged {
-				continue
+			if !sleepFor(backoff) {
+				return
 			}
-			first, last = false, entries
-			// Decoded exactly as GetService decodes, so watch
-			// results and lookups always agree.
-			svcs := tags.services(w.name, entries)
-			for _, res := range diffServices(known, svcs) {
-				select {
-				case w.next <- res:
-				case <-w.ctx.Done():
-					return
-				}
-			}
-			known = svcs
+			backoff = min(2*backoff, watchMaxBackoff)
 			continue
 		}
-		if stopped() || errors.Is(err, context.Canceled) {
-			return
+		if failing {
+			logger.Info("securereg: watch recovered", "service", w.name)
+			failing = false
 		}
-		if !failing {
-			logger.Warn("securereg: watch failed; retrying with backoff", "service", w.name, "error", wrapErr(w.st, "watch "+w.name, err).Error())
-			failing = true
+		backoff = watchMinBackoff
+		// Like consul/api's watch.Plan: an unchanged index or unchanged
+		// data (a timeout, a change elsewhere) is no event.
+		unchanged := !first && (meta.LastIndex == index || reflect.DeepEqual(last, entries))
+		if meta.LastIndex < index {
+			index = 0 // Consul's index went backwards (e.g. a restore): start over
+		} else {
+			index = meta.LastIndex
 		}
-		if !sleepFor(backoff) {
-			return
+		if unchanged {
+			continue
 		}
-		backoff = min(2*backoff, watchMaxBackoff)
+		first, last = false, entries
+		// Decoded exactly as GetService decodes, so watch results and
+		// lookups always agree.
+		svcs := tags.services(w.name, entries)
+		for _, res := range diffServices(known, svcs) {
+			select {
+			case w.next <- res:
+			case <-w.ctx.Done():
+				return
+			}
+		}
+		known = svcs
 	}
 }
 

@@ -148,7 +148,7 @@ func run(ctx context.Context) error {
 	}
 	info("CONSUL_HTTP_TOKEN_FILE=%s", serverTokFile)
 	server := exec.Command(bins["greeter-server"])
-	server.Env = envWith(baseEnv, "CONSUL_HTTP_TOKEN_FILE", serverTokFile)
+	server.Env = envWith(baseEnv, map[string]string{"CONSUL_HTTP_TOKEN_FILE": serverTokFile})
 	var serverOut strings.Builder
 	server.Stdout, server.Stderr = &serverOut, &serverOut
 	agent.SetPdeathsig(server)
@@ -172,7 +172,7 @@ func run(ctx context.Context) error {
 	ok("greeter registered in Consul through securereg")
 
 	step("calling it from the greeter client (discovery through securereg)")
-	out, err := runClient(ctx, bins["greeter-client"], envWith(baseEnv, "CONSUL_HTTP_TOKEN_FILE", clientTokFile))
+	out, err := runClient(ctx, bins["greeter-client"], envWith(baseEnv, map[string]string{"CONSUL_HTTP_TOKEN_FILE": clientTokFile}))
 	if err != nil {
 		return fmt.Errorf("client call failed: %w\n%s", err, out)
 	}
@@ -180,7 +180,7 @@ func run(ctx context.Context) error {
 
 	step("securereg check --service greeter (preflight against the live Consul)")
 	check := exec.CommandContext(ctx, bins["securereg"], "check", "--service", "greeter")
-	check.Env = envWith(baseEnv, "CONSUL_HTTP_TOKEN_FILE", serverTokFile)
+	check.Env = envWith(baseEnv, map[string]string{"CONSUL_HTTP_TOKEN_FILE": serverTokFile})
 	checkOut, err := check.CombinedOutput()
 	for _, l := range strings.Split(strings.TrimRight(string(checkOut), "\n"), "\n") {
 		info("%s", l)
@@ -199,9 +199,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	env := envWith(baseEnv, "CONSUL_HTTP_TOKEN_FILE", clientTokFile)
-	env = envWith(toMap(env), "CONSUL_CACERT", wrongCAFile)
-	out, err = runClient(ctx, bins["greeter-client"], env)
+	out, err = runClient(ctx, bins["greeter-client"],
+		envWith(baseEnv, map[string]string{"CONSUL_HTTP_TOKEN_FILE": clientTokFile, "CONSUL_CACERT": wrongCAFile}))
 	if err == nil {
 		return fmt.Errorf("a client with the wrong CA got through: %s", out)
 	}
@@ -290,9 +289,10 @@ func runClient(ctx context.Context, bin string, env []string) (string, error) {
 	return string(out), err
 }
 
-// envWith returns base plus key=value as an environment, with every other
-// CONSUL_* variable of this process removed so that only the demo's apply.
-func envWith(base map[string]string, key, value string) []string {
+// envWith returns base with overrides applied as an environment, with every
+// other CONSUL_* and MICRO_* variable of this process removed so that only
+// the demo's apply.
+func envWith(base, overrides map[string]string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "CONSUL_") || strings.HasPrefix(kv, "MICRO_") {
@@ -301,21 +301,14 @@ func envWith(base map[string]string, key, value string) []string {
 		env = append(env, kv)
 	}
 	for k, v := range base {
-		if k != key {
+		if _, over := overrides[k]; !over {
 			env = append(env, k+"="+v)
 		}
 	}
-	return append(env, key+"="+value)
-}
-
-func toMap(env []string) map[string]string {
-	m := map[string]string{}
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "CONSUL_") {
-			m[k] = v
-		}
+	for k, v := range overrides {
+		env = append(env, k+"="+v)
 	}
-	return m
+	return env
 }
 
 func firstLine(s string) string {

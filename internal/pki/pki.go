@@ -28,11 +28,7 @@ type CA struct {
 
 // NewCA returns a CA valid between notBefore and notAfter.
 func NewCA(notBefore, notAfter time.Time) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("pki: generate key: %w", err)
-	}
-	sn, err := serial()
+	key, sn, err := newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -119,11 +115,7 @@ func (ca *CA) Issue(l Leaf) (*Pair, error) {
 	if l.NotAfter.IsZero() {
 		l.NotAfter = time.Now().Add(90 * 24 * time.Hour)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("pki: generate key: %w", err)
-	}
-	sn, err := serial()
+	key, sn, err := newKey()
 	if err != nil {
 		return nil, err
 	}
@@ -161,12 +153,17 @@ func (ca *CA) Issue(l Leaf) (*Pair, error) {
 	}, nil
 }
 
-func serial() (*big.Int, error) {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+// newKey returns a P-256 key and a random 120-bit serial number.
+func newKey() (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("pki: serial: %w", err)
+		return nil, nil, fmt.Errorf("pki: generate key: %w", err)
 	}
-	return n, nil
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: serial: %w", err)
+	}
+	return key, sn, nil
 }
 
 func pemCert(der []byte) []byte {
